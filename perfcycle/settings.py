@@ -1,0 +1,43 @@
+"""The one settings class: every knob comes from PERFCYCLE_* environment variables or .env."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PERFCYCLE_", env_file=".env", extra="ignore")
+
+    home: Path = Field(default=Path(".perfcycle"), description="working folder for local state")
+    database_url: str = ""
+    policies_dir: Path = REPO_ROOT / "policies"
+
+    portal_base_url: str = "http://127.0.0.1:8700"
+    secret_key: str = "dev-only-change-me"
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 8025
+    smtp_starttls: bool = False
+    smtp_tls: bool = False
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    mail_from: str = "perfcycle <perfcycle@localhost>"
+
+    prefect_ui_url: str = "http://127.0.0.1:4200"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'perfcycle.db').resolve()}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
