@@ -104,8 +104,10 @@ def insert_ignore(session: Session, table: Table, rows: Sequence[dict[str, Any]]
         stmt = sqlite.insert(table).on_conflict_do_nothing()
     else:  # pragma: no cover - only the two supported backends
         raise RuntimeError(f"unsupported database dialect {dialect}")
+    # RETURNING counts what was really inserted: executemany's rowcount is unreliable on psycopg.
+    stmt = stmt.returning(*table.primary_key.columns)
     inserted = 0
     for start in range(0, len(rows), 5000):
         result = session.execute(stmt, list(rows[start : start + 5000]))
-        inserted += max(result.rowcount or 0, 0)
+        inserted += len(result.all())
     return inserted

@@ -99,6 +99,8 @@ class Cycle(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     policy: Mapped[str] = mapped_column(String(100))
     policy_digest: Mapped[str] = mapped_column(String(64))
+    # The policy as launched: a cycle keeps its rules even if the file is edited mid-cycle.
+    policy_snapshot: Mapped[dict[str, Any]] = mapped_column(default=dict)
     period: Mapped[str] = mapped_column(String(20))
     period_start: Mapped[date] = mapped_column(Date)
     period_end: Mapped[date] = mapped_column(Date)

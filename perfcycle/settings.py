@@ -31,6 +31,11 @@ class Settings(BaseSettings):
 
     prefect_ui_url: str = "http://127.0.0.1:4200"
 
+    # Mailing lists for roles that are groups rather than people.
+    hr_email: str = "hr@example.com"
+    committee_email: str = "calibration-committee@example.com"
+    supervision_email: str = "supervision@example.com"
+
     @property
     def effective_database_url(self) -> str:
         if self.database_url:

@@ -1,0 +1,1 @@
+"""Prefect flows: they only orchestrate (tasks do the work, perfcycle holds the rules)."""

@@ -1,0 +1,34 @@
+"""Serve every deployment from one process: `python -m flows.serve` (perfcycle up starts it)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from prefect import serve
+
+from flows.cycle_clock import cycle_clock
+from flows.review_cycle import review_cycle
+
+
+def deployments() -> list:  # type: ignore[type-arg]
+    return [
+        review_cycle.to_deployment(
+            name="launch",
+            description="Launch a review cycle: pick a policy, a period and a scope.",
+            tags=["perfcycle"],
+        ),
+        cycle_clock.to_deployment(
+            name="every-15m",
+            interval=timedelta(minutes=15),
+            description="Resume cycles whose stage is complete or past its deadline.",
+            tags=["perfcycle"],
+        ),
+    ]
+
+
+def main() -> None:
+    serve(*deployments(), limit=8)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""The one error type for bad input: every problem says what and where (file, line, field)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    message: str
+    file: str | None = None
+    line: int | None = None
+    field: str | None = None
+
+    def __str__(self) -> str:
+        where = ":".join(str(p) for p in (self.file, self.line) if p is not None)
+        parts = [p for p in (where, self.field, self.message) if p]
+        return ": ".join(parts)
+
+
+class InvalidInput(Exception):
+    """Raised before anything is changed; carries every problem found, not just the first."""
+
+    def __init__(self, problems: Sequence[Problem] | str):
+        if isinstance(problems, str):
+            problems = [Problem(problems)]
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))

@@ -1,0 +1,446 @@
+"""Improvement-plan stage: goal, actions, deadline, owner, monthly follow-up, effect verified.
+
+Everyone whose (calibrated) grade is in policy.improvement.grades gets a plan owned by their
+manager. open -> closed by the owner with the verified effect; still open at close -> lapsed.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, aliased
+
+from perfcycle import audit, clock
+from perfcycle.db import insert_ignore
+from perfcycle.errors import InvalidInput, Problem
+from perfcycle.models import (
+    Cycle,
+    Employee,
+    ImprovementPlan,
+    Participant,
+    PlanCheckin,
+    Result,
+    StageInstance,
+    StageName,
+)
+from perfcycle.outbox import Mail, enqueue
+from perfcycle.policy import Policy
+from perfcycle.stages.base import Progress
+
+STATES = ("open", "closed", "lapsed")
+WEAKEST_COUNT = 2
+MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+ACTION_KEYS = {"action", "due"}
+
+
+class Handler:
+    def enter(
+        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
+    ) -> dict[str, Any]:
+        deadline = add_months(stage.opened_at.date(), policy.improvement.months)
+        created = _create_plans(session, cycle, policy, deadline)
+        if created:
+            audit.record(
+                session,
+                actor=audit.SYSTEM,
+                action="improvement.plans_created",
+                subject=f"cycle:{cycle.id}/stage:improvement",
+                cycle_id=cycle.id,
+                after={
+                    "plans_created": len(created),
+                    "deadline": deadline.isoformat(),
+                    "employees": created,
+                },
+            )
+        mails = enqueue(session, _created_mails(session, cycle, stage))
+        return {"plans_created": len(created), "mails_enqueued": mails}
+
+    def progress(
+        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
+    ) -> Progress:
+        counts = count_by_state(session, cycle.id)
+        return Progress(done=counts["closed"], total=sum(counts.values()))
+
+    def close(
+        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
+    ) -> dict[str, Any]:
+        lapsed = list(
+            session.scalars(
+                select(ImprovementPlan.employee_id)
+                .where(ImprovementPlan.cycle_id == cycle.id, ImprovementPlan.state == "open")
+                .order_by(ImprovementPlan.employee_id)
+            )
+        )
+        if lapsed:
+            session.execute(
+                update(ImprovementPlan)
+                .where(ImprovementPlan.cycle_id == cycle.id, ImprovementPlan.state == "open")
+                .values(state="lapsed")
+            )
+            audit.record(
+                session,
+                actor=audit.SYSTEM,
+                action="improvement.lapsed",
+                subject=f"cycle:{cycle.id}/stage:improvement",
+                cycle_id=cycle.id,
+                before={"state": "open"},
+                after={"state": "lapsed", "employees": lapsed},
+            )
+        return {**count_by_state(session, cycle.id), "marked_lapsed": len(lapsed)}
+
+
+def count_by_state(session: Session, cycle_id: int) -> dict[str, int]:
+    counts = dict.fromkeys(STATES, 0)
+    rows = session.execute(
+        select(ImprovementPlan.state, func.count())
+        .where(ImprovementPlan.cycle_id == cycle_id)
+        .group_by(ImprovementPlan.state)
+    )
+    for state, n in rows:
+        counts[state] = n
+    return counts
+
+
+def add_months(day: date, months: int) -> date:
+    """Calendar months; a day the target month lacks (31 Jan + 1) becomes its last day."""
+    index = day.month - 1 + months
+    year, month = day.year + index // 12, index % 12 + 1
+    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
+
+
+def weakest_goal(indicators: dict[str, Any], policy: Policy, locale: str) -> str:
+    """The pre-filled goal: raise the lowest-scored indicators, named as the policy names them."""
+    names = {i.id: i.name.get(locale) for i in policy.indicators}
+    scored = sorted(
+        (float(score), indicator_id)
+        for indicator_id, score in indicators.items()
+        if isinstance(score, int | float) and not isinstance(score, bool)
+    )
+    weakest = [(names.get(i, i), score) for score, i in scored[:WEAKEST_COUNT]]
+    zh = locale.lower().startswith("zh")
+    if not weakest:
+        return "提升整体绩效" if zh else "Raise overall performance"
+    if zh:
+        return "提升" + "、".join(f"{name}（当前得分 {score:.1f}）" for name, score in weakest)
+    return "Raise " + " and ".join(f"{name} (scored {score:.1f})" for name, score in weakest)
+
+
+def _create_plans(session: Session, cycle: Cycle, policy: Policy, deadline: date) -> list[str]:
+    """Insert the missing plans; returns the employee ids that got one now."""
+    existing = set(
+        session.scalars(
+            select(ImprovementPlan.employee_id).where(ImprovementPlan.cycle_id == cycle.id)
+        )
+    )
+    candidates = session.execute(
+        select(Participant.employee_id, Participant.manager_id, Result.indicators, Employee.locale)
+        .join(
+            Result,
+            (Result.cycle_id == Participant.cycle_id)
+            & (Result.employee_id == Participant.employee_id),
+        )
+        .join(Employee, Employee.id == Participant.employee_id)
+        .where(
+            Participant.cycle_id == cycle.id,
+            Result.grade.in_(policy.improvement.grades),
+        )
+        .order_by(Participant.employee_id)
+    )
+    rows = [
+        {
+            "cycle_id": cycle.id,
+            "employee_id": employee_id,
+            "owner_id": manager_id,
+            "goal": weakest_goal(indicators or {}, policy, locale),
+            "actions": [],
+            "deadline": deadline,
+            "state": "open",
+            "outcome": "",
+        }
+        for employee_id, manager_id, indicators, locale in candidates
+        if employee_id not in existing
+    ]
+    insert_ignore(session, ImprovementPlan.__table__, rows)  # type: ignore[arg-type]
+    return [r["employee_id"] for r in rows]
+
+
+def _created_mails(session: Session, cycle: Cycle, stage: StageInstance) -> list[Mail]:
+    """The employee and the plan's owner each learn that the plan exists and what it says."""
+    emp = aliased(Employee)
+    owner = aliased(Employee)
+    rows = session.execute(
+        select(ImprovementPlan, emp, owner)
+        .join(emp, emp.id == ImprovementPlan.employee_id)
+        .outerjoin(owner, owner.id == ImprovementPlan.owner_id)
+        .where(ImprovementPlan.cycle_id == cycle.id)
+        .order_by(ImprovementPlan.employee_id)
+    ).all()
+    occurrence = f"improvement:{stage.attempt}"
+    mails: list[Mail] = []
+    for plan, employee, manager in rows:
+        context = {
+            "period": cycle.period,
+            "plan_id": plan.id,
+            "employee_id": employee.id,
+            "employee_name": employee.name,
+            "owner_name": manager.name if manager else None,
+            "goal": plan.goal,
+            "deadline": plan.deadline.isoformat(),
+        }
+        recipients = [("employee", employee)] + ([("owner", manager)] if manager else [])
+        mails += [
+            Mail(
+                cycle_id=cycle.id,
+                recipient_id=person.id,
+                recipient_email=person.email,
+                locale=person.locale,
+                template="improvement_plan_created",
+                # An owner with several plans gets one mail per plan: the key names the plan.
+                occurrence=f"{occurrence}:{plan.id}",
+                context={**context, "role": role, "name": person.name},
+            )
+            for role, person in recipients
+        ]
+    return mails
+
+
+# ---------------------------------------------------------------- services
+
+
+def update_plan(
+    session: Session, plan_id: int, *, goal: str, actions: list[dict[str, Any]], actor: str
+) -> ImprovementPlan:
+    """Owner or employee write down the agreed goal and the actions (each with a due date)."""
+    plan = _get_plan(session, plan_id)
+    problems = _check_open_plan(plan, actor, allowed=_parties(plan))
+    if not isinstance(goal, str) or not goal.strip():
+        problems.append(Problem("a goal is required", field="goal"))
+    clean_actions, action_problems = _parse_actions(actions, plan.deadline)
+    problems += action_problems
+    if problems:
+        raise InvalidInput(problems)
+
+    before = _snapshot(plan)
+    plan.goal = goal.strip()
+    plan.actions = clean_actions
+    audit.record(
+        session,
+        actor=actor,
+        action="improvement.plan_updated",
+        subject=f"improvement_plan:{plan.id}",
+        cycle_id=plan.cycle_id,
+        before=before,
+        after=_snapshot(plan),
+    )
+    return plan
+
+
+def record_checkin(
+    session: Session, plan_id: int, *, month: str, progress: int, note: str, actor: str
+) -> PlanCheckin:
+    """The monthly follow-up; a second check-in for the same month replaces the first."""
+    plan = _get_plan(session, plan_id)
+    problems = _check_open_plan(plan, actor, allowed=_parties(plan))
+    problems += _check_month(session, plan, month)
+    if isinstance(progress, bool) or not isinstance(progress, int) or not 0 <= progress <= 100:
+        problems.append(
+            Problem(f"progress must be a whole number 0..100, got {progress!r}", field="progress")
+        )
+    if not isinstance(note, str):
+        problems.append(Problem("the note must be text", field="note"))
+    if problems:
+        raise InvalidInput(problems)
+
+    checkin = session.scalar(
+        select(PlanCheckin).where(PlanCheckin.plan_id == plan.id, PlanCheckin.month == month)
+    )
+    before = _checkin_snapshot(checkin) if checkin else None
+    if checkin is None:
+        checkin = PlanCheckin(plan_id=plan.id, month=month)
+        session.add(checkin)
+    checkin.progress = progress
+    checkin.note = note.strip()
+    checkin.recorded_by = actor
+    checkin.recorded_at = clock.now()
+    session.flush()
+    audit.record(
+        session,
+        actor=actor,
+        action="improvement.checkin_recorded" if before is None else "improvement.checkin_updated",
+        subject=f"improvement_plan:{plan.id}:checkin:{month}",
+        cycle_id=plan.cycle_id,
+        before=before,
+        after=_checkin_snapshot(checkin),
+    )
+    return checkin
+
+
+def close_plan(
+    session: Session, plan_id: int, *, effect_verified: bool, outcome: str, actor: str
+) -> ImprovementPlan:
+    """The owner closes the plan, saying whether its effect was verified and what came of it."""
+    plan = _get_plan(session, plan_id)
+    owner = {plan.owner_id} if plan.owner_id else set()
+    problems = _check_open_plan(plan, actor, allowed=owner, who="the plan's owner")
+    if not isinstance(effect_verified, bool):
+        problems.append(
+            Problem(f"must be true or false, got {effect_verified!r}", field="effect_verified")
+        )
+    if not isinstance(outcome, str) or not outcome.strip():
+        problems.append(Problem("an outcome is required", field="outcome"))
+    if problems:
+        raise InvalidInput(problems)
+
+    before = _snapshot(plan)
+    plan.state = "closed"
+    plan.effect_verified = effect_verified
+    plan.outcome = outcome.strip()
+    plan.closed_at = clock.now()
+    audit.record(
+        session,
+        actor=actor,
+        action="improvement.plan_closed",
+        subject=f"improvement_plan:{plan.id}",
+        cycle_id=plan.cycle_id,
+        before=before,
+        after=_snapshot(plan),
+    )
+    enqueue(session, [_closed_mail(session, plan)])
+    return plan
+
+
+def _get_plan(session: Session, plan_id: int) -> ImprovementPlan:
+    plan = session.get(ImprovementPlan, plan_id)
+    if plan is None:
+        raise InvalidInput([Problem(f"no improvement plan {plan_id}", field="plan_id")])
+    return plan
+
+
+def _parties(plan: ImprovementPlan) -> set[str]:
+    return {p for p in (plan.owner_id, plan.employee_id) if p}
+
+
+def _check_open_plan(
+    plan: ImprovementPlan, actor: str, *, allowed: set[str], who: str = "the owner or the employee"
+) -> list[Problem]:
+    problems: list[Problem] = []
+    if actor not in allowed:
+        names = ", ".join(sorted(allowed)) or "nobody"
+        problems.append(Problem(f"only {who} ({names}) may do this, not {actor!r}", field="actor"))
+    if plan.state != "open":
+        problems.append(
+            Problem(f"the plan is {plan.state}; only an open plan can be changed", field="state")
+        )
+    return problems
+
+
+def _parse_actions(actions: Any, deadline: date) -> tuple[list[dict[str, str]], list[Problem]]:
+    """Each action is {"action": text, "due": "YYYY-MM-DD" or date} due by the plan's deadline."""
+    if not isinstance(actions, list):
+        return [], [Problem("actions must be a list of {action, due}", field="actions")]
+    clean: list[dict[str, str]] = []
+    problems: list[Problem] = []
+    for n, item in enumerate(actions):
+        where = f"actions[{n}]"
+        if not isinstance(item, dict):
+            problems.append(Problem("must be an object with action and due", field=where))
+            continue
+        unknown = sorted(set(item) - ACTION_KEYS)
+        if unknown:
+            problems.append(Problem(f"unknown keys {', '.join(unknown)}", field=where))
+        text = item.get("action")
+        if not isinstance(text, str) or not text.strip():
+            problems.append(Problem("the action's text is required", field=f"{where}.action"))
+        due = _parse_date(item.get("due"))
+        if due is None:
+            problems.append(
+                Problem(f"must be a date YYYY-MM-DD, got {item.get('due')!r}", field=f"{where}.due")
+            )
+        elif due > deadline:
+            problems.append(
+                Problem(
+                    f"{due.isoformat()} is after the plan's deadline {deadline.isoformat()}",
+                    field=f"{where}.due",
+                )
+            )
+        if isinstance(text, str) and due is not None:
+            clean.append({"action": text.strip(), "due": due.isoformat()})
+    return clean, problems
+
+
+def _parse_date(value: Any) -> date | None:
+    if isinstance(value, datetime):
+        return None
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _check_month(session: Session, plan: ImprovementPlan, month: Any) -> list[Problem]:
+    """A check-in belongs to a month between the plan's start and the current month."""
+    if not isinstance(month, str) or not MONTH_RE.match(month):
+        return [Problem(f"must be a month YYYY-MM, got {month!r}", field="month")]
+    current = clock.now().strftime("%Y-%m")
+    if month > current:
+        return [Problem(f"{month} has not started yet (it is {current})", field="month")]
+    opened = session.scalar(
+        select(StageInstance.opened_at).where(
+            StageInstance.cycle_id == plan.cycle_id,
+            StageInstance.name == StageName.improvement,
+        )
+    )
+    if opened is not None and month < opened.strftime("%Y-%m"):
+        return [
+            Problem(
+                f"{month} is before the plan started ({opened.strftime('%Y-%m')})", field="month"
+            )
+        ]
+    return []
+
+
+def _snapshot(plan: ImprovementPlan) -> dict[str, Any]:
+    return {
+        "state": plan.state,
+        "goal": plan.goal,
+        "actions": list(plan.actions),
+        "effect_verified": plan.effect_verified,
+        "outcome": plan.outcome,
+        "closed_at": plan.closed_at.isoformat() if plan.closed_at else None,
+    }
+
+
+def _checkin_snapshot(checkin: PlanCheckin) -> dict[str, Any]:
+    return {
+        "month": checkin.month,
+        "progress": checkin.progress,
+        "note": checkin.note,
+        "recorded_by": checkin.recorded_by,
+    }
+
+
+def _closed_mail(session: Session, plan: ImprovementPlan) -> Mail:
+    """The employee learns the plan is closed and whether its effect was verified."""
+    employee = session.get_one(Employee, plan.employee_id)
+    return Mail(
+        cycle_id=plan.cycle_id,
+        recipient_id=employee.id,
+        recipient_email=employee.email,
+        locale=employee.locale,
+        template="improvement_plan_closed",
+        occurrence=f"plan-closed:{plan.id}",
+        context={
+            "plan_id": plan.id,
+            "name": employee.name,
+            "effect_verified": plan.effect_verified,
+            "outcome": plan.outcome,
+        },
+    )
