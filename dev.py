@@ -98,9 +98,12 @@ def pip(args: list[str], what: str) -> None:
 
 def tail(lines: int = 25) -> str:
     text = INSTALL_LOG.read_text(errors="replace").splitlines()
+    return "\n".join(without_index_notices(text)[-lines:])
+
+
+def without_index_notices(lines: list[str]) -> list[str]:
     # pip's notices about unreadable extra indexes would drown the actual error.
-    useful = [line for line in text if "is ignored: it is neither" not in line]
-    return "\n".join(useful[-lines:])
+    return [line for line in lines if "is ignored: it is neither" not in line]
 
 
 def run_checked(command: list[str], what: str) -> None:
@@ -168,9 +171,19 @@ def cmd_lock(args: list[str]) -> int:
         say(f"creating a fresh virtual environment in {venv}")
         run_checked([sys.executable, "-m", "venv", str(venv)], "creating the lock venv")
         say("installing .[dev] from pyproject.toml (takes a few minutes)")
-        install = [str(python), "-m", "pip", "install", "-q", f"{ROOT}[dev]"]
-        if subprocess.call(install, cwd=ROOT, env={**os.environ, **PIP_ENV}) != 0:
-            raise DevError("installing .[dev] into the lock venv failed (see pip's output above)")
+        install = subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", f"{ROOT}[dev]"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **PIP_ENV},
+            check=False,
+        )
+        if install.returncode != 0:
+            output = without_index_notices((install.stdout + install.stderr).splitlines())
+            raise DevError(
+                "installing .[dev] into the lock venv failed:\n" + "\n".join(output[-25:])
+            )
         frozen = subprocess.run(
             [str(python), "-m", "pip", "freeze", "--exclude", "perfcycle"],
             capture_output=True,

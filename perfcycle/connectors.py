@@ -110,16 +110,28 @@ class CsvMetric:
 def read_metrics_csv(path: str | Path) -> list[CsvMetric]:
     """Every row of an employee_id,metric,value[,evidence] file, or InvalidInput naming each
     bad row by file, line and field. Two values for the same employee and metric are an error."""
+    rows, problems = parse_metrics_csv(path)
+    if problems:
+        raise InvalidInput(problems)
+    return rows
+
+
+def parse_metrics_csv(path: str | Path) -> tuple[list[CsvMetric], list[Problem]]:
+    """The good rows and the problems of the bad ones, so callers can add their own checks."""
     name = str(path)
     try:
         with Path(path).open(newline="", encoding="utf-8-sig") as f:
             return _parse_metrics_csv(f, name)
+    except InvalidInput as exc:
+        return [], exc.problems
     except FileNotFoundError:
-        raise InvalidInput([Problem("file not found", file=name)]) from None
+        return [], [Problem("file not found", file=name)]
+    except OSError as exc:
+        return [], [Problem(f"cannot read the file ({exc.strerror})", file=name)]
     except UnicodeDecodeError as exc:
-        raise InvalidInput([Problem(f"not UTF-8 text ({exc.reason})", file=name)]) from None
+        return [], [Problem(f"not UTF-8 text ({exc.reason})", file=name)]
     except csv.Error as exc:
-        raise InvalidInput([Problem(f"not a readable CSV file ({exc})", file=name)]) from None
+        return [], [Problem(f"not a readable CSV file ({exc})", file=name)]
 
 
 def _csv_header(header: list[str] | None, name: str) -> list[str]:
@@ -143,7 +155,7 @@ def _csv_header(header: list[str] | None, name: str) -> list[str]:
     return columns
 
 
-def _parse_metrics_csv(f: TextIO, name: str) -> list[CsvMetric]:
+def _parse_metrics_csv(f: TextIO, name: str) -> tuple[list[CsvMetric], list[Problem]]:
     reader = csv.reader(f)
     columns = _csv_header(next(reader, None), name)
     problems: list[Problem] = []
@@ -185,9 +197,7 @@ def _parse_metrics_csv(f: TextIO, name: str) -> list[CsvMetric]:
                 _evidence(record.get("evidence")),
             )
         )
-    if problems:
-        raise InvalidInput(problems)
-    return rows
+    return rows, problems
 
 
 def _csv_row_problems(record: dict[str, str], name: str, line: int) -> list[Problem]:

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from perfcycle import engine
+from perfcycle import clock, engine
 from perfcycle.db import session_scope
 from perfcycle.models import Cycle, MetricValue
 
@@ -89,6 +89,8 @@ class Player:
             {i.metric for i in policy.indicators if isinstance(i, MetricIndicator)}
             | {i.trigger.metric for i in policy.indicators if isinstance(i, VetoIndicator)}
         )
+        veto_metrics = {i.trigger.metric for i in policy.indicators
+                         if isinstance(i, VetoIndicator)}
         managers = dict(
             session.execute(
                 select(Participant.employee_id, Participant.manager_id).where(
@@ -115,6 +117,8 @@ class Player:
                 if mgr == employee and (r, metric) in values
             ]
             pool = team or [v for (_, m), v in values.items() if m == metric] or [0.0]
+            if metric in veto_metrics:
+                pool = [0.0]  # incidents are attributed to whoever handled them, not averaged
             rows.append(
                 {
                     "employee_id": employee,
@@ -143,7 +147,7 @@ class Player:
                 select(MetricValue.employee_id, MetricValue.value).where(
                     MetricValue.cycle_id == cycle.id, MetricValue.metric == "satisfaction_pct"
                 )
-            )
+            ).all()
         )
         pending = session.scalars(
             select(RaterAssignment).where(
@@ -229,7 +233,7 @@ class Player:
                 ],
                 actor=owner,
             )
-            month = plan.deadline.strftime("%Y-%m")
+            month = clock.now().strftime("%Y-%m")
             record_checkin(
                 session,
                 plan.id,
@@ -273,6 +277,7 @@ class Player:
                     outcome="upheld",
                     note="complaint records checked; attribution correct",
                     actor="supervision-chair",
+                    policy=engine.cycle_policy(cycle),
                 )
                 filed += 1
             elif ap.state == "open":

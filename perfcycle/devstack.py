@@ -287,6 +287,7 @@ class Stack:
             pass
         for child in children:
             if group_alive(child.pgid):
+                self._say(f"{SERVICE_NAMES[child.name]} did not stop in time: killing it")
                 _signal_group(child.pgid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.process.wait(timeout=5)
@@ -449,7 +450,10 @@ def up_command(args: argparse.Namespace | Sequence[str] | None = None) -> int:
         getattr(args, "portal_port", None) or DEFAULT_PORTS["portal"],
         getattr(args, "mail_port", None) or DEFAULT_PORTS["mail"],
     )
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Ctrl-C and SIGTERM both mean "stop everything", also when started with SIGINT ignored.
+    previous = {
+        sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         with Stack(getattr(args, "home", None), ports=ports, progress=_print) as stack:
             _print_urls(stack)
@@ -461,7 +465,8 @@ def up_command(args: argparse.Namespace | Sequence[str] | None = None) -> int:
         print("interrupted; everything is stopped")
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run_until_interrupted(stack: Stack) -> int:

@@ -82,6 +82,7 @@ def current_stage(session: Session, cycle: Cycle, policy: Policy) -> Stage | Non
 
 
 def open_stage(session: Session, cycle: Cycle, policy: Policy, stage: Stage) -> StageInstance:
+    cycle.current_stage = stage.name
     existing = stage_instances(session, cycle.id).get(stage.name)
     if existing is not None:
         return existing

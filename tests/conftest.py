@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from sqlalchemy.orm import Session
 
+from perfcycle import migrate
 from perfcycle.db import get_engine, session_scope
-from perfcycle.models import Base
 
 PG_ADMIN_DSN = os.environ.get("PERFCYCLE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -20,7 +20,7 @@ PG_ADMIN_DSN = os.environ.get("PERFCYCLE_TEST_PG_ADMIN", "postgresql://postgres@
 def db_url(tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("PERFCYCLE_HOME", str(tmp_path))
     url = f"sqlite:///{tmp_path}/perfcycle.db"
-    Base.metadata.create_all(get_engine(url))
+    migrate.upgrade(url)
     return url
 
 
@@ -58,6 +58,6 @@ def pg_empty_url() -> Iterator[str]:
 
 @pytest.fixture
 def pg_url(pg_empty_url: str) -> str:
-    """A fresh PostgreSQL database with the schema created from the models."""
-    Base.metadata.create_all(get_engine(pg_empty_url))
+    """A fresh PostgreSQL database with the schema from the migrations."""
+    migrate.upgrade(pg_empty_url)
     return pg_empty_url

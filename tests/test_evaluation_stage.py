@@ -252,7 +252,8 @@ def test_enter_gives_every_participant_the_policy_raters(db_url: str, cycle_id: 
         assert len(raters["peer"]) == 2
         assert all(DEPARTMENT[p] == DEPARTMENT[ratee] for p in raters["peer"])
         team = {
-            e for e in participants
+            e
+            for e in participants
             if e != ratee and boss and MANAGER[e] == boss and DEPARTMENT[e] == DEPARTMENT[ratee]
         }
         assert len(team & set(raters["peer"])) == min(2, len(team)), ratee  # teammates first
@@ -277,14 +278,19 @@ def test_enter_sends_one_mail_per_rater_listing_their_ratees(db_url: str, entere
     per_rater = Counter(rater for rater, _, _ in rows)
     assert Counter(m.recipient_id for m in mails) == Counter(set(per_rater))
     for mail in mails:
+        assert mail.recipient_id is not None
         assert mail.template == "evaluation_assigned"
-        assert mail.idempotency_key == f"{entered}:{mail.recipient_id}:evaluation_assigned:" \
+        assert (
+            mail.idempotency_key == f"{entered}:{mail.recipient_id}:evaluation_assigned:"
             "evaluation:1"
-        assert mail.recipient_email == f"{str(mail.recipient_id).lower()}@example.cn"
-        assert mail.locale == ("en" if str(mail.recipient_id).startswith("I") else "zh-CN")
+        )
+        assert mail.recipient_email == f"{mail.recipient_id.lower()}@example.cn"
+        assert mail.locale == ("en" if mail.recipient_id.startswith("I") else "zh-CN")
         ctx = mail.context
         assert (ctx["cycle_id"], ctx["stage"], ctx["due_at"]) == (
-            entered, "evaluation", DUE.isoformat()
+            entered,
+            "evaluation",
+            DUE.isoformat(),
         )
         assert ctx["count"] == per_rater[mail.recipient_id] == len(ctx["ratees"])
         assert {(r["employee_id"], r["rater_type"]) for r in ctx["ratees"]} == {
@@ -293,7 +299,10 @@ def test_enter_sends_one_mail_per_rater_listing_their_ratees(db_url: str, entere
         assert all(r["name"] == f"员工{r['employee_id']}" for r in ctx["ratees"])
     assert [(e.action, e.subject) for e in events] == [("evaluation.assigned", f"cycle:{entered}")]
     assert events[0].after == {
-        "assignments": len(rows), "raters": len(per_rater), "mails": len(mails), "attempt": 1
+        "assignments": len(rows),
+        "raters": len(per_rater),
+        "mails": len(mails),
+        "attempt": 1,
     }
 
 
@@ -307,6 +316,45 @@ def test_enter_again_creates_nothing(db_url: str, entered: int):
     with session_scope(db_url) as s:
         assert sorted(s.scalars(select(OutboxMessage.idempotency_key))) == outbox_before
     assert snapshot(db_url) == before
+
+
+def test_raters_are_fixed_once_drawn_and_late_participants_get_theirs(db_url: str, entered: int):
+    before = assignments(db_url)
+    with session_scope(db_url) as s:  # S04 moves team; a new hire joins the cycle late
+        s.get_one(Employee, "S04").manager_id = "S03"
+        s.add(
+            Employee(
+                id="S21",
+                name="员工S21",
+                email="s21@example.cn",
+                department_id="D1",
+                manager_id="S03",
+                locale="zh-CN",
+            )
+        )
+        s.flush()
+        s.add(
+            Participant(cycle_id=entered, employee_id="S21", department_id="D1", manager_id="S03")
+        )
+
+    result = enter(db_url, entered)
+
+    after = assignments(db_url)
+    added = set(after) - set(before)
+    assert {ratee for _, ratee, _ in added} == {"S21"}
+    assert Counter(t for _, _, t in added) == {
+        "self": 1,
+        "superior": 1,
+        "peer": 2,
+        "service_recipient": 3,
+        "third_party": 1,
+    }
+    assert result["assignments_created"] == len(added) == 8
+    with session_scope(db_url) as s:  # only S21's raters without an earlier mail hear of it
+        mails = s.scalars(select(OutboxMessage).where(OutboxMessage.recipient_id == "S21")).all()
+    assert [m.context["ratees"] for m in mails] == [
+        [{"employee_id": "S21", "name": "员工S21", "rater_type": "self"}]
+    ]
 
 
 def test_enter_is_deterministic_across_databases(tmp_path: Path, db_url: str, entered: int):
@@ -355,7 +403,9 @@ def test_small_pools_give_what_exists_and_raters_come_from_outside_the_scope(
 def test_submit_records_scores_and_closes_the_assignment(db_url: str, entered: int):
     aid = assignment_id(db_url, "S04", "S04", "self")
 
-    submit(db_url, aid, {"attitude": (5, "总是主动问候"), "teamwork": (3, "")}, actor="employee:S04")
+    submit(
+        db_url, aid, {"attitude": (5, "总是主动问候"), "teamwork": (3, "")}, actor="employee:S04"
+    )
 
     with session_scope(db_url) as s:
         a = s.get_one(RaterAssignment, aid)
@@ -365,10 +415,14 @@ def test_submit_records_scores_and_closes_the_assignment(db_url: str, entered: i
     assert stored == {"attitude": (5, "总是主动问候"), "teamwork": (3, "")}
     assert event is not None
     assert (event.action, event.actor, event.subject) == (
-        "evaluation.submitted", "employee:S04", f"assignment:{aid}"
+        "evaluation.submitted",
+        "employee:S04",
+        f"assignment:{aid}",
     )
     assert event.after == {
-        "ratee": "S04", "rater_type": "self", "scores": {"attitude": 5, "teamwork": 3}
+        "ratee": "S04",
+        "rater_type": "self",
+        "scores": {"attitude": 5, "teamwork": 3},
     }
 
 
@@ -399,9 +453,10 @@ def test_items_follow_the_rater_type():
                 ("teamwork", "teamwork: score must be an integer from 1 to 5, got 3.0"),
             ],
         ),
-        ({"attitude": (True, ""), "teamwork": (2, "")}, [
-            ("attitude", "attitude: score must be an integer from 1 to 5, got True")
-        ]),
+        (
+            {"attitude": (True, ""), "teamwork": (2, "")},
+            [("attitude", "attitude: score must be an integer from 1 to 5, got True")],
+        ),
         (
             {"attitude": (5, "  "), "teamwork": (1, "")},
             [
@@ -507,12 +562,14 @@ def write_forms(tmp_path: Path, rows: list[str]) -> Path:
 
 
 def test_import_paper_forms(db_url: str, entered: int, tmp_path: Path):
-    recipient = next(r for r, e, t in assignments(db_url) if e == "S04" and t == "service_recipient")
+    recipient = next(
+        r for r, e, t in assignments(db_url) if e == "S04" and t == "service_recipient"
+    )
     path = write_forms(
         tmp_path,
         [
             "S02,S04,superior,attitude,4,",
-            f"{recipient},S04,service_recipient,attitude,5,\"耐心,专业\"",
+            f'{recipient},S04,service_recipient,attitude,5,"耐心,专业"',
             "S02,S04,superior,teamwork,1,不配合排班",
         ],
     )
@@ -539,9 +596,7 @@ def test_import_paper_forms(db_url: str, entered: int, tmp_path: Path):
     assert actors == {"hr:clerk"}
 
 
-def test_import_reports_every_bad_row_and_writes_nothing(
-    db_url: str, entered: int, tmp_path: Path
-):
+def test_import_reports_every_bad_row_and_writes_nothing(db_url: str, entered: int, tmp_path: Path):
     submit(db_url, assignment_id(db_url, "S05", "S05", "self"), answers_for("self"))
     before = snapshot(db_url)
     path = write_forms(
@@ -592,9 +647,7 @@ def test_import_needs_an_existing_cycle_and_rows(db_url: str, entered: int, tmp_
 
 
 @pytest.mark.postgres
-def test_enter_and_progress_on_postgres(
-    pg_url: str, db_url: str, monkeypatch: pytest.MonkeyPatch
-):
+def test_enter_and_progress_on_postgres(pg_url: str, db_url: str, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("PERFCYCLE_NOW", NOW.isoformat())
     cycle = build_cycle(pg_url)
 

@@ -17,7 +17,7 @@ from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from perfcycle import audit, clock
-from perfcycle.connectors import MetricRow, collect, read_metrics_csv
+from perfcycle.connectors import MetricRow, collect, parse_metrics_csv
 from perfcycle.db import insert_ignore
 from perfcycle.errors import InvalidInput, Problem
 from perfcycle.models import Cycle, MetricValue, Participant, StageInstance, StageName
@@ -224,10 +224,9 @@ def import_metrics_csv(
     """
     name = str(path)
     _check_collection_open(session, cycle, name)
-    records = read_metrics_csv(path)
+    records, problems = parse_metrics_csv(path)
     participants = participant_ids(session, cycle)
     allowed = set(needed_metrics(policy)) | _cross_check_metrics(policy)
-    problems: list[Problem] = []
     for r in records:
         if r.employee_id not in participants:
             problems.append(
@@ -249,7 +248,7 @@ def import_metrics_csv(
                 )
             )
     if problems:
-        raise InvalidInput(problems)
+        raise InvalidInput(sorted(problems, key=lambda p: p.line or 0))
     rows = [
         MetricRow(
             r.employee_id,

@@ -136,9 +136,17 @@ def _pick(
 ) -> list[str]:
     """Up to k distinct candidates not in `exclude`, in O(k + |exclude|)."""
     n, at = candidates
-    # Sampling |exclude| extra guarantees k survivors whenever k exist.
-    drawn = (at(i) for i in rng.sample(range(n), min(n, k + len(exclude))))
-    return [c for c in drawn if c not in exclude][:k]
+    if k <= 0 or n == 0:
+        return []
+    chosen: list[str] = []
+    # Drawing |exclude| extra guarantees k survivors whenever k exist.
+    for i in rng.sample(range(n), min(n, k + len(exclude))):
+        candidate = at(i)
+        if candidate not in exclude:
+            chosen.append(candidate)
+            if len(chosen) == k:
+                break
+    return chosen
 
 
 # ---------------------------------------------------------------- drawing raters
@@ -260,8 +268,8 @@ class Handler:
             )
         ]
         existing = {
-            (r.rater_id, r.ratee_id, r.rater_type): r.state
-            for r in session.execute(
+            (rater_id, ratee_id, rater_type): state
+            for rater_id, ratee_id, rater_type, state in session.execute(
                 select(
                     RaterAssignment.rater_id,
                     RaterAssignment.ratee_id,
@@ -270,11 +278,14 @@ class Handler:
                 ).where(RaterAssignment.cycle_id == cycle.id)
             )
         }
+        # A ratee's raters are fixed once drawn: an org change between re-runs must not add
+        # raters (and so weight) to someone already being rated.
+        assigned = {ratee_id for _, ratee_id, _ in existing}
         new_keys = [
             (rater_id, p.employee_id, rater_type)
             for p in participants
+            if p.employee_id not in assigned
             for rater_id, rater_type in draw_raters(org, cycle.id, p, rules)
-            if (rater_id, p.employee_id, rater_type) not in existing
         ]
         created = insert_ignore(
             session,
