@@ -272,17 +272,23 @@ class Stack:
         self._wait_until("flows", lambda: self._latest_deployment_update() > before, deadline)
 
     def stop(self) -> None:
-        """SIGTERM every child's process group, wait up to STOP_GRACE_S, then SIGKILL.
+        """SIGTERM each child's process group, wait up to STOP_GRACE_S, then SIGKILL.
 
-        A second Ctrl-C while waiting kills at once instead of waiting.
+        The deployments process goes first: on SIGTERM it pauses its deployments through the
+        Prefect API, which hangs if the server is already gone. A second Ctrl-C kills at once.
         """
         children = list(reversed(self.children.values()))
-        for child in children:
-            _signal_group(child.pgid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
+        phases = [
+            [c for c in children if c.name == "flows"],
+            [c for c in children if c.name != "flows"],
+        ]
         try:
-            for child in children:
-                _wait_group(child, deadline)
+            for phase in phases:
+                for child in phase:
+                    _signal_group(child.pgid, signal.SIGTERM)
+                deadline = time.monotonic() + STOP_GRACE_S
+                for child in phase:
+                    _wait_group(child, deadline)
         except KeyboardInterrupt:
             pass
         for child in children:

@@ -45,6 +45,12 @@ class StageStatus:
     due_at: datetime | None = None
 
 
+def suspend_key(stage: str, attempt: int, wait: int | None = None) -> str:
+    """Prefect pause keys allow only lowercase letters, digits and dashes."""
+    parts = [stage.replace("_", "-"), f"a{attempt}"] + ([f"w{wait}"] if wait is not None else [])
+    return "-".join(parts)
+
+
 def handler_for(stage: str) -> StageHandler:
     module = importlib.import_module(f"perfcycle.stages.{stage}")
     handler: StageHandler = module.Handler()
@@ -133,14 +139,15 @@ def assess(session: Session, cycle: Cycle, policy: Policy, inst: StageInstance) 
             _escalate_once(session, cycle, inst, progress)
         timeout = inst.due_at - now + APPROVAL_TIMEOUT_MARGIN
         return _status(
-            inst, "approval", progress, key=f"{inst.name}:{inst.attempt}", timeout=timeout
+            inst, "approval", progress, key=suspend_key(inst.name, inst.attempt), timeout=timeout
         )
     if now >= inst.due_at and not _apply_deadline(session, cycle, stage, inst, progress):
         return _status(inst, "ready", progress)
     inst.waits += 1
     timeout = inst.due_at - clock.now() + PREFECT_TIMEOUT_MARGIN
     return _status(
-        inst, "people", progress, key=f"{inst.name}:{inst.attempt}:{inst.waits}", timeout=timeout
+        inst, "people", progress, key=suspend_key(inst.name, inst.attempt, inst.waits),
+        timeout=timeout
     )
 
 

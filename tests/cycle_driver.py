@@ -7,6 +7,7 @@ itself does the same thing against a real server.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -14,7 +15,9 @@ from sqlalchemy import select
 from perfcycle import cycles, engine
 from perfcycle.db import session_scope
 from perfcycle.demo import Player
-from perfcycle.models import Cycle
+from perfcycle.demo_data import generate_tickets, sample_org, write_org_csv
+from perfcycle.models import Base, Cycle
+from perfcycle.org import import_org_csv
 from perfcycle.stages.calibration import DecisionInput, apply_decision
 
 
@@ -39,7 +42,8 @@ def run_until_wait(url: str, cycle_id: int) -> engine.StageStatus:
             inst = engine.open_stage(session, cycle, policy, stage)
         with session_scope(url) as session:
             cycle = engine.get_cycle(session, cycle_id)
-            engine.enter_stage(session, cycle, policy, engine.stage_instances(session, cycle_id)[stage.name])
+            inst = engine.stage_instances(session, cycle_id)[stage.name]
+            engine.enter_stage(session, cycle, policy, inst)
         with session_scope(url) as session:
             cycle = engine.get_cycle(session, cycle_id)
             inst = engine.stage_instances(session, cycle_id)[stage.name]
@@ -48,7 +52,8 @@ def run_until_wait(url: str, cycle_id: int) -> engine.StageStatus:
             return status
         with session_scope(url) as session:
             cycle = engine.get_cycle(session, cycle_id)
-            engine.close_stage(session, cycle, policy, engine.stage_instances(session, cycle_id)[stage.name])
+            inst = engine.stage_instances(session, cycle_id)[stage.name]
+            engine.close_stage(session, cycle, policy, inst)
     raise AssertionError("cycle did not converge")
 
 
@@ -81,3 +86,96 @@ def play_whole_cycle(url: str, cycle_id: int, player: Player | None = None) -> O
         if run_input is not None:
             decide(url, cycle_id, **run_input)
     raise AssertionError(f"cycle did not finish; waits: {waits}")
+
+
+# ---------------------------------------------------------------- scenario helpers
+
+
+@dataclass(frozen=True)
+class DemoOrg:
+    """The demo organisation in a database, and the ticket system its metrics come from."""
+
+    url: str
+    tickets_url: str
+    org_csv: Path
+    rows: list[dict[str, str]]
+
+    def department_of_type(self, department_type: str) -> str:
+        return next(
+            r["department_id"] for r in self.rows if r["department_type"] == department_type
+        )
+
+
+def prepare_demo_org(url: str, folder: Path, period: str = "2026-Q4") -> DemoOrg:
+    """Import the sample org into `url` and generate its tickets in `folder` (the caller points
+    PERFCYCLE_TICKETS_URL at `tickets_url`, since the policies read it from the environment)."""
+    rows = sample_org()
+    org_csv = write_org_csv(rows, folder / "org.csv")
+    with session_scope(url) as session:
+        import_org_csv(session, org_csv, actor="hr-admin")
+    tickets_url = f"sqlite:///{folder / 'tickets.db'}"
+    start, end = cycles.parse_period(period)
+    generate_tickets(tickets_url, rows, start, end)
+    return DemoOrg(url, tickets_url, org_csv, rows)
+
+
+class InjectedCrash(Exception):
+    """Raised by a test's fault injection: stands for any failure that fails the flow run."""
+
+
+def play_whole_cycle_surviving(
+    url: str, cycle_id: int, player: Player | None = None
+) -> tuple[Outcome, int]:
+    """play_whole_cycle where a run that dies of InjectedCrash is simply run again, as Prefect's
+    retry (or HR re-launching the deployment) would. Returns the outcome and the crash count."""
+    player = player or Player(log=lambda _m: None)
+    waits: list[str] = []
+    crashes = 0
+    for _ in range(60):
+        try:
+            status = run_until_wait(url, cycle_id)
+        except InjectedCrash:
+            crashes += 1
+            continue
+        if status.wait == "finished":
+            return Outcome(waits), crashes
+        waits.append(f"{status.stage}:{status.wait}")
+        act(url, cycle_id, player)
+    raise AssertionError(f"cycle did not finish; waits: {waits}, crashes: {crashes}")
+
+
+def table_rows(url: str, exclude: frozenset[str] = frozenset()) -> dict[str, list[dict[str, Any]]]:
+    """Every row of every table (in primary-key order), for before/after comparisons."""
+    with session_scope(url) as session:
+        return {
+            table.name: [
+                dict(row._mapping)
+                for row in session.execute(select(table).order_by(*table.primary_key.columns))
+            ]
+            for table in Base.metadata.sorted_tables
+            if table.name not in exclude
+        }
+
+
+def act(url: str, cycle_id: int, player: Player | None = None) -> dict[str, Any] | None:
+    """Everyone does the current stage's work; the committee's decision is recorded too."""
+    player = player or Player(log=lambda _m: None)
+    with session_scope(url) as session:
+        run_input = player.act(session, engine.get_cycle(session, cycle_id))
+    if run_input is not None:
+        decide(url, cycle_id, **run_input)
+    return run_input
+
+
+def play_until_waiting_at(
+    url: str, cycle_id: int, stage: str, player: Player | None = None
+) -> engine.StageStatus:
+    """Run and act for everyone until the cycle waits at `stage`; nobody has acted there yet."""
+    for _ in range(30):
+        status = run_until_wait(url, cycle_id)
+        if status.stage == stage:
+            return status
+        if status.wait == "finished":
+            break
+        act(url, cycle_id, player)
+    raise AssertionError(f"cycle {cycle_id} never waited at {stage}")
