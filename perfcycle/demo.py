@@ -223,7 +223,7 @@ class Player:
             )
         ).all()
         for plan in plans:
-            owner = plan.owner_id or plan.employee_id
+            owner = plan.owner_id or "hr-admin"
             update_plan(
                 session,
                 plan.id,

@@ -181,6 +181,8 @@ class Stack:
             "PREFECT_HOME": str(self.prefect_home),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_ENABLED": "true",
+            # A resumed run waits for the runner's next poll: locally, 2 s instead of 10 s.
+            "PREFECT_RUNNER_POLL_FREQUENCY": os.environ.get("PREFECT_RUNNER_POLL_FREQUENCY", "2"),
         }
 
     # ------------------------------------------------------------ lifecycle

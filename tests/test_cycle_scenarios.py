@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -90,12 +89,12 @@ def use_policies(
     """A policies directory with the shipped files, some of them edited; settings point at it."""
     folder.mkdir(parents=True, exist_ok=True)
     for path in SHIPPED_DIR.glob("*.yaml"):
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        source = path.read_text(encoding="utf-8")
         if path.stem in edits:
+            data = yaml.safe_load(source)
             edits[path.stem](data)
-        (folder / path.name).write_text(
-            yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8"
-        )
+            source = yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
+        (folder / path.name).write_text(source, encoding="utf-8")
     monkeypatch.setenv("PERFCYCLE_POLICIES_DIR", str(folder))
     get_settings.cache_clear()
     return folder
@@ -301,13 +300,24 @@ def test_the_same_launch_is_one_cycle_whatever_the_scope_order(
     assert len(audit_actions(demo.url, "cycle.opened")) == 1
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG perfcycle/cycles.py open_cycle: parse_period strips the period but find_cycle and "
+    "Cycle(period=...) use req.period as typed, so '2026-Q4 ' from the launch form is a second "
+    "cycle for the same people and quarter. Fix: key and store the stripped period.",
+)
+def test_a_period_typed_with_spaces_is_the_same_cycle(demo: DemoOrg) -> None:
+    first = launch(demo.url, "internal-service", PERIOD)
+    assert launch(demo.url, "internal-service", f" {PERIOD} ") == first
+    assert count(demo.url, Cycle) == 1
+
+
 # ---------------------------------------------------------------- 3. crash convergence
 
-# JSON keys whose values a re-run may legitimately change: times, surrogate ids, and the name
-# of the temporary CSV the demo player writes when HR supplies metrics.
+# JSON keys whose values differ between two runs of the same inputs: times, and the name of the
+# temporary CSV the demo player writes when HR supplies metrics.
 PLACEHOLDERS = {
     **dict.fromkeys(["due_at", "deadline", "window_closes"], "<time>"),
-    **dict.fromkeys(["appeal_id", "plan_id", "interview_id", "assignment_id"], "<id>"),
     "file": "<file>",
 }
 
@@ -336,7 +346,7 @@ def _natural_keys(session: Session) -> dict[str, dict[int, tuple[Any, ...]]]:
 
 
 def domain_records(url: str) -> dict[str, list[str]]:
-    """Every domain row (audit excluded) without ids, timestamps or run bookkeeping, sorted."""
+    """Every domain row (audit excluded) without surrogate ids or timestamps, sorted."""
     skipped = {"audit_events", "alembic_version"}
     with session_scope(url) as session:
         keys = _natural_keys(session)
@@ -351,10 +361,6 @@ def domain_records(url: str) -> dict[str, list[str]]:
         return records
 
 
-# Run bookkeeping, not records: how often a run suspended, and the last enter's counts.
-RUN_BOOKKEEPING = {("stage_instances", "waits"), ("stage_instances", "summary")}
-
-
 def _record(
     table: Table, row: dict[str, Any], keys: dict[str, dict[int, tuple[Any, ...]]]
 ) -> dict[str, Any]:
@@ -363,13 +369,9 @@ def _record(
         name = column.name
         if column.primary_key or isinstance(column.type, UTCDateTime):
             continue
-        if (table.name, name) in RUN_BOOKKEEPING:
-            continue
         value = row[name]
         if name in keys and value is not None:
             value = keys[name][value]
-        elif name == "idempotency_key":
-            value = value.split(":appeal-received:")[0]
         out[name] = _normalised(value)
     return out
 
@@ -508,7 +510,7 @@ elif where == "calibration close":
 
     calibration.outbox.enqueue = die_on_release
 cycle_driver.run_until_wait({url!r}, {cycle_id})
-sys.exit(3)
+sys.exit(3)  # the kill point was never reached
 """
 
 
@@ -548,9 +550,7 @@ def test_a_process_killed_mid_stage_converges_to_the_undisturbed_records(
     _advance_to_kill_point(demo.url, cycle_id, where)
     script = tmp_path / "killed.py"
     script.write_text(
-        textwrap.dedent(
-            KILL_SCRIPT.format(repo=str(REPO_ROOT), where=where, url=demo.url, cycle_id=cycle_id)
-        )
+        KILL_SCRIPT.format(repo=str(REPO_ROOT), where=where, url=demo.url, cycle_id=cycle_id)
     )
     child = subprocess.run(
         [sys.executable, str(script)], env=os.environ.copy(), capture_output=True, timeout=120
@@ -602,6 +602,8 @@ def test_escalate_mails_hr_once_extends_by_the_grace_then_advances(
     assert count(demo.url, Goal, Goal.state != "agreed") == 0
     assert count(demo.url, Goal, Goal.manager_signed_at.is_not(None)) == 0
     assert len(mails(demo.url, "stage_escalated")) == 1
+    with session_scope(demo.url) as session:
+        assert audit.verify(session).ok  # many events share one frozen instant
 
 
 def _submit_some(url: str, cycle_id: int, n: int) -> set[int]:
@@ -743,7 +745,7 @@ def test_send_back_reopens_only_the_named_employee_then_approve_with_an_adjustme
 ) -> None:
     url = demo.url
     cycle_id = launch(url, "internal-service", PERIOD)
-    play_until_waiting_at(url, cycle_id, "calibration")
+    first_wait = play_until_waiting_at(url, cycle_id, "calibration")
     first_due = stage_of(url, cycle_id, "calibration").due_at
     with session_scope(url) as session:
         before = {
@@ -802,7 +804,8 @@ def test_send_back_reopens_only_the_named_employee_then_approve_with_an_adjustme
 
     act(url, cycle_id)  # the raters re-rate
     status = run_until_wait(url, cycle_id)
-    assert (status.stage, status.wait, status.key) == ("calibration", "approval", "calibration:2")
+    assert (status.stage, status.wait, status.attempt) == ("calibration", "approval", 2)
+    assert status.key != first_wait.key  # a new pause, so Prefect shows the form again
 
     with session_scope(url) as session:
         result = session.scalars(
@@ -895,6 +898,28 @@ def test_bad_committee_decisions_are_refused_and_change_nothing(demo: DemoOrg) -
 
     act(demo.url, cycle_id)  # a good decision still goes through afterwards
     assert count(demo.url, CalibrationDecision) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG perfcycle/stages/calibration.py: GradeAdjustment.reason is min_length=1, so a "
+    "blank reason ('   ') passes _validate and the DB check; every calibration change must keep "
+    "a reason. Fix: in _validate, reject adj.reason.strip() == '' with field "
+    "adjustments.N.reason (as send_back does for comment).",
+)
+def test_a_grade_adjustment_needs_a_real_reason(demo: DemoOrg) -> None:
+    cycle_id = launch(demo.url, "internal-service", PERIOD)
+    play_until_waiting_at(demo.url, cycle_id, "calibration")
+    with session_scope(demo.url) as session:
+        result = session.scalars(select(Result).where(Result.cycle_id == cycle_id)).first()
+        assert result is not None
+        employee, grade = result.employee_id, result.grade
+    before = table_rows(demo.url)
+    adjustment = {"employee_id": employee, "grade": "A" if grade != "A" else "B", "reason": "  "}
+    with pytest.raises(InvalidInput) as err:
+        decide(demo.url, cycle_id, decision="approve", approver="chair", adjustments=[adjustment])
+    assert {p.field for p in err.value.problems} == {"adjustments.0.reason"}
+    assert_same_rows(before, table_rows(demo.url))
 
 
 # ---------------------------------------------------------------- 6. bad launches

@@ -29,6 +29,7 @@ from perfcycle.models import (
 )
 from perfcycle.outbox import Mail, enqueue
 from perfcycle.policy import Policy
+from perfcycle.roles import is_hr
 from perfcycle.stages.base import Progress
 
 STATES = ("open", "closed", "lapsed")
@@ -328,8 +329,10 @@ def _check_open_plan(
     plan: ImprovementPlan, actor: str, *, allowed: set[str], who: str = "the owner or the employee"
 ) -> list[Problem]:
     problems: list[Problem] = []
-    if actor not in allowed:
-        names = ", ".join(sorted(allowed)) or "nobody"
+    # Someone without a manager has no owner: HR follows their plan up.
+    hr_stands_in = plan.owner_id is None and is_hr(actor)
+    if actor not in allowed and not hr_stands_in:
+        names = ", ".join(sorted(allowed)) or "HR"
         problems.append(Problem(f"only {who} ({names}) may do this, not {actor!r}", field="actor"))
     if plan.state != "open":
         problems.append(

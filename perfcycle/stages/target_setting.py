@@ -16,6 +16,7 @@ from perfcycle.db import insert_ignore
 from perfcycle.errors import InvalidInput, Problem
 from perfcycle.models import AuditEvent, Cycle, Employee, Goal, Participant, StageInstance
 from perfcycle.policy import MetricIndicator, Policy
+from perfcycle.roles import is_hr
 from perfcycle.stages.base import Progress
 
 
@@ -231,7 +232,7 @@ def return_goals(
 
 def _check_approver(session: Session, cycle_id: int, employee_id: str, actor: str) -> None:
     manager = _manager_of(session, cycle_id, employee_id)
-    allowed = actor == manager if manager else actor.startswith("hr")
+    allowed = actor == manager if manager else is_hr(actor)
     if not allowed:
         who = f"their manager {manager}" if manager else "HR"
         raise InvalidInput(
