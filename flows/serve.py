@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import cast
 
 from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
 
 from flows.cycle_clock import cycle_clock
 from flows.review_cycle import review_cycle
 
 
-def deployments() -> list:  # type: ignore[type-arg]
+def deployments() -> list[RunnerDeployment]:
+    # to_deployment is sync here (no running event loop); the cast narrows its dual type.
     return [
-        review_cycle.to_deployment(
+        cast(RunnerDeployment, review_cycle.to_deployment(
             name="launch",
             description="Launch a review cycle: pick a policy, a period and a scope.",
             tags=["perfcycle"],
-        ),
-        cycle_clock.to_deployment(
+        )),
+        cast(RunnerDeployment, cycle_clock.to_deployment(
             name="every-15m",
             interval=timedelta(minutes=15),
             description="Resume cycles whose stage is complete or past its deadline.",
             tags=["perfcycle"],
-        ),
+        )),
     ]
 
 

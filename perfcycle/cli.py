@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("up", cmd_up, "start Prefect server, deployments, portal and mail sink locally")
+    from perfcycle.devstack import add_up_arguments
+
+    add_up_arguments(p)
     p = add("demo", cmd_demo, "run a complete demo review cycle on a sample organisation")
     p.add_argument(
         "--keep-running",

@@ -6,7 +6,7 @@ The natural key is (policy, period, scope): the same launch twice is one cycle.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 
 from sqlalchemy import select
@@ -76,6 +76,8 @@ class ValidLaunch:
 
 def validate_launch(session: Session, req: LaunchRequest) -> ValidLaunch:
     """Every check a launch must pass, all reported together; nothing is written."""
+    # One spelling per period: " 2026-Q4 " must be the same cycle as "2026-Q4".
+    req = replace(req, period=req.period.strip())
     problems: list[Problem] = []
     policy: Policy | None = None
     digest = ""
@@ -187,8 +189,8 @@ def open_cycle(
     ).all()
     insert_ignore(
         session,
-        Participant.__table__,
-        [  # type: ignore[arg-type]
+        Participant.__table__,  # type: ignore[arg-type]
+        [
             {
                 "cycle_id": cycle.id,
                 "employee_id": e.id,

@@ -75,14 +75,16 @@ def get_engine(url: str | None = None) -> Engine:
 
 
 @lru_cache(maxsize=8)
-def _sessionmaker(url: str | None) -> sessionmaker[Session]:
+def _sessionmaker(url: str) -> sessionmaker[Session]:
     return sessionmaker(get_engine(url), expire_on_commit=False)
 
 
 @contextmanager
 def session_scope(url: str | None = None) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error."""
-    session = _sessionmaker(url)()
+    # Keyed by the resolved URL, so a changed PERFCYCLE_DATABASE_URL (after
+    # get_settings.cache_clear()) is honoured.
+    session = _sessionmaker(url or get_settings().effective_database_url)()
     try:
         yield session
         session.commit()

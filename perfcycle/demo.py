@@ -12,6 +12,7 @@ import argparse
 import os
 import shutil
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,12 +92,12 @@ class Player:
         )
         veto_metrics = {i.trigger.metric for i in policy.indicators
                          if isinstance(i, VetoIndicator)}
-        managers = dict(
+        managers: dict[str, str | None] = dict(
             session.execute(
                 select(Participant.employee_id, Participant.manager_id).where(
                     Participant.cycle_id == cycle.id
                 )
-            ).all()
+            ).tuples().all()
         )
         values: dict[tuple[str, str], float] = {
             (e, m): v
@@ -131,7 +132,10 @@ class Player:
             writer = csv.DictWriter(f, fieldnames=["employee_id", "metric", "value", "evidence"])
             writer.writeheader()
             writer.writerows(rows)
-        import_metrics_csv(session, cycle, policy, Path(f.name), "hr-admin")
+        try:
+            import_metrics_csv(session, cycle, policy, Path(f.name), "hr-admin")
+        finally:
+            Path(f.name).unlink()
         self.log(
             f"  cycle {cycle.id}: HR supplied {len(rows)} missing metric values "
             "(team averages for heads of department)"
@@ -142,12 +146,12 @@ class Player:
         from perfcycle.stages.evaluation import items_for, submit_evaluation
 
         policy = engine.cycle_policy(cycle)
-        satisfaction = dict(
+        satisfaction: dict[str, float] = dict(
             session.execute(
                 select(MetricValue.employee_id, MetricValue.value).where(
                     MetricValue.cycle_id == cycle.id, MetricValue.metric == "satisfaction_pct"
                 )
-            ).all()
+            ).tuples().all()
         )
         pending = session.scalars(
             select(RaterAssignment).where(
@@ -159,7 +163,7 @@ class Player:
             answers = {}
             for i, item in enumerate(items_for(policy, a.rater_type)):
                 # Raters broadly agree with the service data, with a personal bias per rater.
-                wobble = (hash((a.rater_id, a.ratee_id, item.id)) % 3) - 1
+                wobble = zlib.crc32(f"{a.rater_id}:{a.ratee_id}:{item.id}".encode()) % 3 - 1
                 score = max(1, min(5, round(1 + 4 * base / 100) + wobble * (i % 2)))
                 needs = score in item.comment_required_for
                 answers[item.id] = (score, f"demo: observed level {score}" if needs else "")

@@ -300,12 +300,6 @@ def test_the_same_launch_is_one_cycle_whatever_the_scope_order(
     assert len(audit_actions(demo.url, "cycle.opened")) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG perfcycle/cycles.py open_cycle: parse_period strips the period but find_cycle and "
-    "Cycle(period=...) use req.period as typed, so '2026-Q4 ' from the launch form is a second "
-    "cycle for the same people and quarter. Fix: key and store the stripped period.",
-)
 def test_a_period_typed_with_spaces_is_the_same_cycle(demo: DemoOrg) -> None:
     first = launch(demo.url, "internal-service", PERIOD)
     assert launch(demo.url, "internal-service", f" {PERIOD} ") == first
@@ -900,13 +894,6 @@ def test_bad_committee_decisions_are_refused_and_change_nothing(demo: DemoOrg) -
     assert count(demo.url, CalibrationDecision) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG perfcycle/stages/calibration.py: GradeAdjustment.reason is min_length=1, so a "
-    "blank reason ('   ') passes _validate and the DB check; every calibration change must keep "
-    "a reason. Fix: in _validate, reject adj.reason.strip() == '' with field "
-    "adjustments.N.reason (as send_back does for comment).",
-)
 def test_a_grade_adjustment_needs_a_real_reason(demo: DemoOrg) -> None:
     cycle_id = launch(demo.url, "internal-service", PERIOD)
     play_until_waiting_at(demo.url, cycle_id, "calibration")

@@ -78,7 +78,9 @@ class Handler:
                         "period": cycle.period,
                         "due_at": stage.due_at.isoformat(),
                         "flow_run_id": cycle.flow_run_id,
-                        "flow_run_url": f"{settings.prefect_ui_url}/runs/flow-run/{cycle.flow_run_id}",
+                        "flow_run_url": (
+                            f"{settings.prefect_ui_url}/runs/flow-run/{cycle.flow_run_id}"
+                        ),
                         "distribution": report.get("distribution", {}),
                         "outliers": len(report.get("outliers", [])),
                         "flags": sum(len(v) for v in report.get("cross_checks", {}).values()),
@@ -240,6 +242,8 @@ def _validate(decision: DecisionInput, policy: Policy, participants: set[str]) -
                     f"{adj.employee_id} is not in this cycle", field=f"adjustments.{i}.employee_id"
                 )
             )
+        if not adj.reason.strip():
+            problems.append(Problem("say why the grade changes", field=f"adjustments.{i}.reason"))
         if adj.grade not in grades:
             problems.append(
                 Problem(

@@ -105,7 +105,7 @@ class Handler:
     ) -> dict[str, Any]:
         # At the deadline the policy's targets apply as proposed: the cycle cannot stall on
         # an unsigned form, and the missing signatures stay visible.
-        defaulted = session.execute(
+        defaulted = session.execute(  # type: ignore[attr-defined]
             update(Goal)
             .where(Goal.cycle_id == cycle.id, Goal.state != "agreed")
             .values(state="agreed")
