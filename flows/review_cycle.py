@@ -41,11 +41,19 @@ Scope = Annotated[
 def review_cycle(
     policy: PolicyName,
     period: Period,
-    scope: Scope | None = None,
+    scope: Scope = [],  # noqa: B006 - Prefect validates a fresh copy for every run
     start_date: date | None = None,
 ) -> dict[str, Any]:
+    """Launch (or continue) a review cycle.
+
+    Args:
+        policy: the policy file in policies/ that defines stages, indicators and deadlines
+        period: the period under review: 2026, 2026-H1, 2026-Q4 or 2026-11
+        scope: department ids; leave empty for every department the policy applies to
+        start_date: when the first stage's deadline starts counting (default: today)
+    """
     logger = get_run_logger()
-    opened = open_cycle(policy, period, scope or [], start_date)
+    opened = open_cycle(policy, period, list(scope), start_date)
     cycle_id = opened["cycle_id"]
     if opened["mode"] in ("driven_elsewhere", "completed"):
         logger.info("Cycle %s: %s (flow run %s); nothing to do here.", cycle_id,
