@@ -14,6 +14,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+
 from perfcycle.errors import InvalidInput
 
 
@@ -338,6 +340,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except DBAPIError as exc:
+        # e.g. the app role may not create tables: say so, without a driver traceback.
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        print(f"error: database: {reason}", file=sys.stderr)
+        if "permission denied" in reason:
+            print("hint: run `perfcycle db upgrade` as the role that owns the tables "
+                  "(deploy/README.md)", file=sys.stderr)
+        return 3
     return code
 
 
