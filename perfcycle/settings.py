@@ -28,6 +28,13 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: str | None = None
     mail_from: str = "perfcycle <perfcycle@localhost>"
+    smtp_max_connections: int = Field(default=4, ge=1, le=64)
+    mail_rate_per_second: float = Field(default=50.0, gt=0, description="SMTP send rate cap")
+    mail_max_attempts: int = Field(default=10, ge=1, description="temporary failures before failed")
+    # An organisation's own templates (same names) win over the packaged ones.
+    mail_templates_dir: Path | None = None
+    # Deadlines are stored in UTC and shown to readers in this zone.
+    mail_timezone: str = "Asia/Shanghai"
 
     prefect_ui_url: str = "http://127.0.0.1:4200"
 
