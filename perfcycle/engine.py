@@ -15,12 +15,12 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from perfcycle import audit, clock, outbox
+from perfcycle import audit, clock
 from perfcycle.cycles import stage_start
 from perfcycle.errors import InvalidInput
 from perfcycle.models import Cycle, StageInstance
+from perfcycle.notify import notify, policy_of
 from perfcycle.policy import Extend, Policy, Stage
-from perfcycle.settings import get_settings
 from perfcycle.stages.base import Progress, StageHandler
 
 # Margin between our deadline and Prefect's own pause timeout: the cycle clock acts first.
@@ -318,28 +318,16 @@ def _mail_hr(
     session: Session,
     cycle: Cycle,
     inst: StageInstance,
-    template: str,
+    event: str,
     extra: dict[str, Any] | None = None,
 ) -> None:
-    settings = get_settings()
-    outbox.enqueue(
+    notify(
         session,
-        [
-            outbox.Mail(
-                cycle_id=cycle.id,
-                recipient_id=None,
-                recipient_email=settings.hr_email,
-                locale="zh-CN",
-                template=template,
-                occurrence=f"{inst.name}:{inst.attempt}",
-                context={
-                    "cycle_id": cycle.id,
-                    "policy": cycle.policy,
-                    "period": cycle.period,
-                    "stage": inst.name,
-                    "due_at": inst.due_at.isoformat(),
-                    **(extra or {}),
-                },
-            )
-        ],
+        cycle,
+        policy_of(cycle),
+        event,
+        [],
+        f"{inst.name}:{inst.attempt}",
+        {"stage": inst.name, **(extra or {})},
+        due_at=inst.due_at,
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -216,6 +218,207 @@ class Improvement(Strict):
     months: int = Field(default=3, ge=1, le=12)
 
 
+# ---------------------------------------------------------------- notifications
+
+
+class Role(StrEnum):
+    """Who a mail goes to: people the stage names, or one of the mailing lists in settings."""
+
+    employee = "employee"
+    rater = "rater"
+    manager = "manager"
+    owner = "owner"
+    hr = "hr"
+    committee = "committee"
+    supervision = "supervision"
+
+
+# Roles that are mailing lists (settings.hr_email, committee_email, supervision_email).
+GROUP_ROLES = frozenset({Role.hr, Role.committee, Role.supervision})
+# Stages where people have tasks of their own: reminders and escalations apply to these.
+PEOPLE_STAGES = (
+    StageName.target_setting,
+    StageName.evaluation,
+    StageName.interview,
+    StageName.improvement,
+    StageName.appeal,
+)
+
+_E, _R, _M, _O = Role.employee, Role.rater, Role.manager, Role.owner
+_HR, _COMMITTEE, _SUPERVISION = Role.hr, Role.committee, Role.supervision
+_GROUPS = (_HR, _COMMITTEE, _SUPERVISION)
+
+# event -> (default recipients, the roles whose mail context the code writes). A role outside
+# the second tuple would get a mail its template cannot fill, so check() refuses it.
+EVENT_ROLES: dict[str, tuple[tuple[Role, ...], tuple[Role, ...]]] = {
+    "goals_to_agree": ((_E,), (_E,)),
+    "goals_returned": ((_E,), (_E,)),
+    "evaluation_assigned": ((_R,), (_R,)),
+    "stage_opened": ((_HR,), _GROUPS),
+    "stage_closed": ((_HR,), _GROUPS),
+    "stage_escalated": ((_HR,), _GROUPS),
+    "calibration_ready": ((_COMMITTEE,), (_COMMITTEE, _HR)),
+    "results_released": ((_E,), (_E, _HR)),
+    "interview_scheduled": ((_E, _M), (_E, _M)),
+    "interview_recorded": ((_E,), (_E,)),
+    "improvement_plan_created": ((_E, _O), (_E, _O)),
+    "improvement_plan_closed": ((_E,), (_E,)),
+    "improvement_checkin_due": ((_O,), (_O, _E)),
+    "appeal_window_open": ((_E,), (_E,)),
+    "appeal_received": ((_E, _SUPERVISION), (_E, _SUPERVISION, _HR)),
+    "appeal_decided": ((_E, _M), (_E, _M, _HR)),
+    "reminder": ((_E, _R, _M, _O), (_E, _R, _M, _O)),
+    "escalation": ((_M,), (_M, _HR)),
+}
+# Templates are named after the events (perfcycle/mail/templates/<locale>/<event>.*.j2).
+TEMPLATES = tuple(EVENT_ROLES)
+
+
+class EventSwitch(Strict):
+    """An event's mail: which template, and whether it is sent. Keys left out keep defaults."""
+
+    template: str | None = Field(
+        default=None,
+        description="template to render (one of the event names); default: the event's own",
+        json_schema_extra={"enum": [*TEMPLATES, None]},
+    )
+    enabled: bool = Field(default=True, description="false: this event sends nothing")
+
+
+class EventRule(EventSwitch):
+    to: list[Role] | None = Field(
+        default=None,
+        description="who gets it: employee, rater, manager, owner (people the stage names) "
+        "and hr, committee, supervision (the mailing lists in settings)",
+    )
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An event's resolved rule: the policy's keys over the defaults."""
+
+    event: str
+    template: str
+    to: tuple[Role, ...]
+    enabled: bool
+
+
+def _event(to: Sequence[Role], what: str) -> Any:
+    return Field(default=EventRule(to=list(to)), description=what)
+
+
+class Events(Strict):
+    """Which mail goes to whom on which event. Every event has a default; list only changes."""
+
+    goals_to_agree: EventRule = _event([_E], "target setting opened: agree your goals")
+    goals_returned: EventRule = _event([_E], "the manager returned the goals with a comment")
+    evaluation_assigned: EventRule = _event(
+        [_R], "evaluation opened: one mail per rater listing all their ratees"
+    )
+    stage_opened: EventRule = _event([_HR], "a stage opened")
+    stage_closed: EventRule = _event([_HR], "a stage closed")
+    stage_escalated: EventRule = _event([_HR], "a stage passed its deadline unfinished")
+    calibration_ready: EventRule = _event(
+        [_COMMITTEE], "results computed: the committee reviews and approves (flow-run link)"
+    )
+    results_released: EventRule = _event([_E], "calibrated results are released")
+    interview_scheduled: EventRule = _event(
+        [_E, _M], "interview stage opened: each employee, and each manager with their list"
+    )
+    interview_recorded: EventRule = _event([_E], "the manager recorded the interview")
+    improvement_plan_created: EventRule = _event([_E, _O], "an improvement plan was created")
+    improvement_plan_closed: EventRule = _event([_E], "the owner closed the improvement plan")
+    improvement_checkin_due: EventRule = _event(
+        [_O], "no check-in yet this month for an open improvement plan"
+    )
+    appeal_window_open: EventRule = _event([_E], "results are final unless appealed by ...")
+    appeal_received: EventRule = _event([_E, _SUPERVISION], "an appeal was filed")
+    appeal_decided: EventRule = _event(
+        [_E, _M], "the supervision committee decided (the manager: only if the grade changed)"
+    )
+    reminder: EventRule = _event(
+        [_E, _R, _M, _O], "daily digest of pending tasks; `to`: whose tasks are reminded"
+    )
+    escalation: EventSwitch = Field(
+        default=EventSwitch(),
+        description="overdue tasks; who gets it is `notifications.escalation.to`",
+    )
+
+
+class Reminders(Strict):
+    days_before: list[Annotated[int, Field(ge=1, le=60)]] = Field(
+        default_factory=lambda: [3, 1],
+        description="remind people with unfinished work this many days before the deadline; "
+        "[] for no reminders",
+    )
+
+
+class Escalation(Strict):
+    after_overdue_days: int = Field(
+        default=1, ge=0, le=60, description="days past the stage's deadline before escalating"
+    )
+    to: Literal["manager", "hr"] = Field(
+        default="manager",
+        description="manager: each overdue person's manager (HR for someone without one); "
+        "hr: one list to HR",
+    )
+
+
+class StageNotifications(Strict):
+    """Overrides for one stage; keys left out follow `notifications.reminders`/`escalation`."""
+
+    reminders: Reminders | None = None
+    escalation: Escalation | None = None
+
+
+class Checkins(Strict):
+    day_of_month: int = Field(
+        default=20,
+        ge=1,
+        le=28,
+        description="from this day on, owners of open improvement plans without a check-in "
+        "for the month are reminded (once a month)",
+    )
+
+
+class Notifications(Strict):
+    """Who is told what, when: task mails, reminders, escalations (defaults apply throughout)."""
+
+    reminders: Reminders = Reminders()
+    escalation: Escalation = Escalation()
+    checkins: Checkins = Checkins()
+    stages: dict[StageName, StageNotifications] = Field(
+        default_factory=dict, description="per-stage reminders/escalation"
+    )
+    events: Events = Events()
+
+    def rule(self, event: str, stage: str | None = None) -> Rule:
+        """The event's rule; KeyError for an event that does not exist."""
+        default_to, _ = EVENT_ROLES[event]
+        chosen: EventSwitch = getattr(self.events, event)
+        if event == "escalation":
+            to: tuple[Role, ...] = (Role(self.escalation_for(stage).to),)
+        else:
+            listed = chosen.to if isinstance(chosen, EventRule) else None
+            to = tuple(listed) if listed is not None else default_to
+        return Rule(event, chosen.template or event, to, chosen.enabled)
+
+    def reminder_days(self, stage: str) -> list[int]:
+        """Days before the deadline to remind at, furthest first."""
+        override = self._stage(stage)
+        reminders = override.reminders if override and override.reminders else self.reminders
+        return sorted(set(reminders.days_before), reverse=True)
+
+    def escalation_for(self, stage: str | None) -> Escalation:
+        override = self._stage(stage) if stage else None
+        return override.escalation if override and override.escalation else self.escalation
+
+    def _stage(self, stage: str | None) -> StageNotifications | None:
+        if stage is None or stage not in StageName.__members__:
+            return None
+        return self.stages.get(StageName(stage))
+
+
 class Policy(Strict):
     id: str = Field(description="the file name without .yaml; filled in by the loader")
     title: Text
@@ -230,7 +433,9 @@ class Policy(Strict):
     stages: list[Stage] = Field(min_length=1)
     calibration: Calibration = Calibration()
     improvement: Improvement
-    notifications: dict[str, Any] = Field(default_factory=dict)
+    notifications: Notifications = Field(
+        default=Notifications(), description="which mail goes to whom, reminders, escalation"
+    )
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:
@@ -251,6 +456,7 @@ class Policy(Strict):
             *_check_raters(self),
             *_check_stages(self),
             *_check_sources(self),
+            *_check_notifications(self),
         ]
 
 
@@ -539,6 +745,83 @@ def _check_sources(p: Policy) -> list[Problem]:
                     )
                 )
     return problems
+
+
+def _check_notifications(p: Policy) -> list[Problem]:
+    n = p.notifications
+    problems = _check_events(n.events)
+    problems += _check_days_before(n.reminders, "notifications.reminders")
+    present = _positions(p)
+    for stage, override in n.stages.items():
+        at = f"notifications.stages.{stage.value}"
+        if stage not in PEOPLE_STAGES:
+            people = ", ".join(s.value for s in PEOPLE_STAGES)
+            problems.append(
+                Problem(
+                    f"{stage.value} has no personal tasks to remind of or escalate "
+                    f"(stages with tasks: {people})",
+                    field=at,
+                )
+            )
+        elif stage not in present:
+            problems.append(Problem(f"{stage.value} is not in `stages`", field=at))
+        if override.reminders is not None:
+            problems += _check_days_before(override.reminders, f"{at}.reminders")
+            if stage in present:
+                problems += _check_days_within(p, stage, override.reminders, f"{at}.reminders")
+    return problems
+
+
+def _check_events(events: Events) -> list[Problem]:
+    problems: list[Problem] = []
+    for event, (_, supported) in EVENT_ROLES.items():
+        chosen: EventSwitch = getattr(events, event)
+        at = f"notifications.events.{event}"
+        if chosen.template is not None and chosen.template not in TEMPLATES:
+            close = difflib.get_close_matches(chosen.template, TEMPLATES, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            problems.append(
+                Problem(
+                    f"unknown template '{chosen.template}' ({hint}templates: "
+                    f"{', '.join(TEMPLATES)})",
+                    field=f"{at}.template",
+                )
+            )
+        if not isinstance(chosen, EventRule) or chosen.to is None:
+            continue
+        for i, role in enumerate(chosen.to):
+            if role not in supported:
+                problems.append(
+                    Problem(
+                        f"{event} cannot go to {role.value}: its mail is written for "
+                        f"{', '.join(r.value for r in supported)}",
+                        field=f"{at}.to.{i}",
+                    )
+                )
+        problems += _duplicates([r.value for r in chosen.to], f"{at}.to", leaf=None)
+        if not chosen.to and chosen.enabled:
+            problems.append(
+                Problem("no recipients; write `enabled: false` to turn it off", field=f"{at}.to")
+            )
+    return problems
+
+
+def _check_days_before(reminders: Reminders, at: str) -> list[Problem]:
+    return _duplicates([str(d) for d in reminders.days_before], f"{at}.days_before", leaf=None)
+
+
+def _check_days_within(
+    p: Policy, stage: StageName, reminders: Reminders, at: str
+) -> list[Problem]:
+    days = p.stage(stage).days
+    return [
+        Problem(
+            f"{d} days before the deadline is before {stage.value} opens (it lasts {days} days)",
+            field=f"{at}.days_before.{i}",
+        )
+        for i, d in enumerate(reminders.days_before)
+        if d >= days
+    ]
 
 
 # ---------------------------------------------------------------- loading

@@ -1,11 +1,11 @@
-"""The cycle clock's work: find waiting cycles that should move, and resume their runs."""
+"""The cycle clock's work: resume waiting cycles that should move; send what is due by date."""
 
 from __future__ import annotations
 
 from prefect import get_run_logger, task
 from sqlalchemy import select
 
-from perfcycle import engine
+from perfcycle import clock, engine, reminders
 from perfcycle.db import session_scope
 from perfcycle.models import Cycle
 from perfcycle.orchestrator import resume
@@ -32,3 +32,30 @@ def resume_cycles(due: list[dict[str, str | int]]) -> int:
             resumed += 1
             logger.info("Resumed cycle %s (%s)", item["cycle_id"], item["reason"])
     return resumed
+
+
+@task(name="send-due-notifications")
+def send_due_notifications() -> dict[str, int]:
+    """Reminder digests, escalations and check-ins due now: one task run, whatever the headcount.
+
+    Each kind commits on its own, so a failing one does not hold back the others' mail.
+    """
+    logger = get_run_logger()
+    kinds = {
+        "reminders": reminders.due_reminders,
+        "escalations": reminders.due_escalations,
+        "checkins": reminders.due_checkins,
+    }
+    counts: dict[str, int] = {}
+    failed: list[str] = []
+    for kind, send in kinds.items():
+        try:
+            with session_scope() as session:
+                counts[kind] = send(session, clock.now())
+        except Exception:
+            logger.exception("Sending %s failed", kind)
+            failed.append(kind)
+    logger.info("Enqueued: %s", counts)
+    if failed:
+        raise RuntimeError(f"sending {', '.join(failed)} failed (see the log above)")
+    return counts

@@ -24,10 +24,9 @@ from perfcycle.models import (
     StageInstance,
     StageName,
 )
-from perfcycle.outbox import Mail, enqueue
-from perfcycle.policy import Policy
-from perfcycle.settings import get_settings
-from perfcycle.stages.base import Progress
+from perfcycle.notify import Recipient, TaskLink, notify, policy_of
+from perfcycle.policy import Policy, Role
+from perfcycle.stages.base import PendingTask, Progress
 
 STATES = ("open", "accepted", "filed", "decided", "lapsed")
 OUTCOMES = ("upheld", "adjusted", "re_evaluated")
@@ -51,7 +50,16 @@ class Handler:
                     "employees": created,
                 },
             )
-        mails = enqueue(session, _window_mails(session, cycle, stage))
+        mails = notify(
+            session,
+            cycle,
+            policy,
+            "appeal_window_open",
+            _window_recipients(session, stage),
+            f"appeal-window:{stage.attempt}",
+            {"deadline": stage.due_at.isoformat()},
+            due_at=stage.due_at,
+        )
         return {"appeals_created": len(created), "mails_enqueued": mails}
 
     def progress(
@@ -59,6 +67,21 @@ class Handler:
     ) -> Progress:
         counts = count_by_state(session, cycle.id)
         return Progress(done=counts["accepted"] + counts["decided"], total=sum(counts.values()))
+
+    def pending(
+        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
+    ) -> dict[str, list[PendingTask]]:
+        """Employees who have neither accepted nor appealed their results."""
+        return {
+            employee_id: [
+                PendingTask(Role.employee, "answer_results", "appeal", f"appeal:{appeal_id}")
+            ]
+            for appeal_id, employee_id in session.execute(
+                select(Appeal.id, Appeal.employee_id)
+                .where(Appeal.cycle_id == cycle.id, Appeal.state == "open")
+                .order_by(Appeal.employee_id)
+            ).tuples()
+        }
 
     def close(
         self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
@@ -119,7 +142,7 @@ def _create_appeals(session: Session, cycle: Cycle) -> list[str]:
     return new_ids
 
 
-def _window_mails(session: Session, cycle: Cycle, stage: StageInstance) -> list[Mail]:
+def _window_recipients(session: Session, stage: StageInstance) -> list[Recipient]:
     """Each participant learns their grade is final unless they appeal by the deadline."""
     rows = session.execute(
         select(Appeal.id, Employee, Result.grade)
@@ -128,24 +151,15 @@ def _window_mails(session: Session, cycle: Cycle, stage: StageInstance) -> list[
             Result,
             (Result.cycle_id == Appeal.cycle_id) & (Result.employee_id == Appeal.employee_id),
         )
-        .where(Appeal.cycle_id == cycle.id)
+        .where(Appeal.cycle_id == stage.cycle_id)
         .order_by(Appeal.employee_id)
     ).all()
     return [
-        Mail(
-            cycle_id=cycle.id,
-            recipient_id=employee.id,
-            recipient_email=employee.email,
-            locale=employee.locale,
-            template="appeal_window_open",
-            occurrence=f"appeal-window:{stage.attempt}",
-            context={
-                "period": cycle.period,
-                "appeal_id": appeal_id,
-                "name": employee.name,
-                "grade": grade,
-                "deadline": stage.due_at.isoformat(),
-            },
+        Recipient.person(
+            Role.employee,
+            employee,
+            context={"appeal_id": appeal_id, "grade": grade},
+            link=TaskLink("appeal", f"appeal:{appeal_id}"),
         )
         for appeal_id, employee, grade in rows
     ]
@@ -208,7 +222,7 @@ def file_appeal(
         before=before,
         after=_snapshot(appeal),
     )
-    enqueue(session, _received_mails(session, appeal))
+    _notify_received(session, appeal)
     return appeal
 
 
@@ -257,7 +271,7 @@ def decide_appeal(
     )
     if outcome == "adjusted" and result is not None and new_grade is not None:
         _adjust_grade(session, result, new_grade, actor, appeal.id)
-    enqueue(session, _decided_mails(session, appeal, result))
+    _notify_decided(session, appeal, result)
     return appeal
 
 
@@ -405,59 +419,47 @@ def _snapshot(appeal: Appeal) -> dict[str, Any]:
     }
 
 
-def _received_mails(session: Session, appeal: Appeal) -> list[Mail]:
+def _notify_received(session: Session, appeal: Appeal) -> None:
     """The employee gets a receipt; the supervision committee gets a case to decide."""
     employee = session.get_one(Employee, appeal.employee_id)
-    context = _mail_context(appeal, employee)
-    occurrence = f"appeal-received:{appeal.id}"
-    committee = get_settings().supervision_email
-    return [
-        _mail_to(appeal, employee, "appeal_received", occurrence, {**context, "role": "employee"}),
-        Mail(
-            cycle_id=appeal.cycle_id,
-            recipient_id=None,
-            recipient_email=committee,
-            locale="zh-CN",
-            template="appeal_received",
-            occurrence=occurrence,
-            context={**context, "role": "supervision", "employee_id": employee.id},
-        ),
-    ]
+    cycle = session.get_one(Cycle, appeal.cycle_id)
+    notify(
+        session,
+        cycle,
+        policy_of(cycle),
+        "appeal_received",
+        [Recipient.person(Role.employee, employee)],
+        f"appeal-received:{appeal.id}",
+        _mail_context(appeal, employee),
+    )
 
 
-def _decided_mails(session: Session, appeal: Appeal, result: Result | None) -> list[Mail]:
+def _notify_decided(session: Session, appeal: Appeal, result: Result | None) -> None:
     """The employee learns the decision; their manager too when the grade changed."""
     employee = session.get_one(Employee, appeal.employee_id)
-    context = {**_mail_context(appeal, employee), "grade": result.grade if result else None}
-    occurrence = f"appeal-decided:{appeal.id}"
-    mails = [_mail_to(appeal, employee, "appeal_decided", occurrence, context)]
+    cycle = session.get_one(Cycle, appeal.cycle_id)
+    recipients = [Recipient.person(Role.employee, employee)]
     manager = session.get(Employee, employee.manager_id) if employee.manager_id else None
     if appeal.outcome == "adjusted" and manager is not None:
-        context = {**context, "role": "manager", "employee_name": employee.name}
-        mails.append(_mail_to(appeal, manager, "appeal_decided", occurrence, context))
-    return mails
+        recipients.append(Recipient.person(Role.manager, manager))
+    notify(
+        session,
+        cycle,
+        policy_of(cycle),
+        "appeal_decided",
+        recipients,
+        f"appeal-decided:{appeal.id}",
+        {**_mail_context(appeal, employee), "grade": result.grade if result else None},
+    )
 
 
 def _mail_context(appeal: Appeal, employee: Employee) -> dict[str, Any]:
+    """What every mail about the appeal says; `name` is each recipient's own."""
     return {
         "appeal_id": appeal.id,
-        "role": "employee",
-        "name": employee.name,
+        "employee_id": employee.id,
+        "employee_name": employee.name,
         "reason": appeal.reason,
         "outcome": appeal.outcome,
         "decision_note": appeal.decision_note,
     }
-
-
-def _mail_to(
-    appeal: Appeal, person: Employee, template: str, occurrence: str, context: dict[str, Any]
-) -> Mail:
-    return Mail(
-        cycle_id=appeal.cycle_id,
-        recipient_id=person.id,
-        recipient_email=person.email,
-        locale=person.locale,
-        template=template,
-        occurrence=occurrence,
-        context={**context, "name": person.name},
-    )

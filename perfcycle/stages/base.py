@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy.orm import Session
 
 from perfcycle.models import Cycle, StageInstance
-from perfcycle.policy import Policy
+from perfcycle.policy import Policy, Role
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,32 @@ class Progress:
     @property
     def complete(self) -> bool:
         return self.done >= self.total
+
+
+@dataclass(frozen=True)
+class PendingTask:
+    """One person's unfinished work in a stage: what reminders list and escalations report."""
+
+    role: Role
+    # submit_goals, approve_goals, evaluate, record_interview, acknowledge_interview,
+    # close_plan, answer_results (perfcycle.reminders words them in the reader's language).
+    action: str
+    # The portal task its link opens (TaskToken.task_kind / task_ref).
+    kind: str
+    ref: str
+    # Names of the people the task is about (ratees, reports), sorted.
+    subjects: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class PendingWork(Protocol):
+    """A stage where people have tasks of their own (policy.PEOPLE_STAGES)."""
+
+    def pending(
+        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
+    ) -> dict[str, list[PendingTask]]:
+        """Employee id -> their unfinished tasks in this stage; people who are done are absent."""
+        ...
 
 
 class StageHandler(Protocol):

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from perfcycle import audit, clock, outbox
+from perfcycle import audit, clock
 from perfcycle.calibration import anomaly_report
 from perfcycle.errors import InvalidInput, Problem
 from perfcycle.models import (
@@ -25,7 +25,8 @@ from perfcycle.models import (
     Result,
     StageInstance,
 )
-from perfcycle.policy import Policy
+from perfcycle.notify import Recipient, TaskLink, notify
+from perfcycle.policy import Policy, Role
 from perfcycle.results import compute_results
 from perfcycle.settings import get_settings
 from perfcycle.stages.base import Progress
@@ -62,31 +63,22 @@ class Handler:
         written = compute_results(session, cycle, policy)
         report = anomaly_report(session, cycle, policy)
         settings = get_settings()
-        mails = outbox.enqueue(
+        # The committee is a mailing list: notify addresses it as the policy says.
+        mails = notify(
             session,
-            [
-                outbox.Mail(
-                    cycle.id,
-                    None,
-                    settings.committee_email,
-                    "zh-CN",
-                    "calibration_ready",
-                    f"calibration:{stage.attempt}",
-                    {
-                        "cycle_id": cycle.id,
-                        "policy": cycle.policy,
-                        "period": cycle.period,
-                        "due_at": stage.due_at.isoformat(),
-                        "flow_run_id": cycle.flow_run_id,
-                        "flow_run_url": (
-                            f"{settings.prefect_ui_url}/runs/flow-run/{cycle.flow_run_id}"
-                        ),
-                        "distribution": report.get("distribution", {}),
-                        "outliers": len(report.get("outliers", [])),
-                        "flags": sum(len(v) for v in report.get("cross_checks", {}).values()),
-                    },
-                )
-            ],
+            cycle,
+            policy,
+            "calibration_ready",
+            [],
+            f"calibration:{stage.attempt}",
+            {
+                "flow_run_id": cycle.flow_run_id,
+                "flow_run_url": f"{settings.prefect_ui_url}/runs/flow-run/{cycle.flow_run_id}",
+                "distribution": report.get("distribution", {}),
+                "outliers": len(report.get("outliers", [])),
+                "flags": sum(len(v) for v in report.get("cross_checks", {}).values()),
+            },
+            due_at=stage.due_at,
         )
         return {"results_written": written, "mails_enqueued": mails, "anomalies": report}
 
@@ -111,24 +103,21 @@ class Handler:
             .values(released_at=now)
         )
         people = session.execute(
-            select(Result.employee_id, Result.grade, Employee.email, Employee.locale)
+            select(Result.employee_id, Result.grade, Employee.email, Employee.locale, Employee.name)
             .join(Employee, Employee.id == Result.employee_id)
             .where(Result.cycle_id == cycle.id)
         ).all()
-        outbox.enqueue(
+        link = TaskLink("results", f"cycle:{cycle.id}")
+        notify(
             session,
+            cycle,
+            policy,
+            "results_released",
             [
-                outbox.Mail(
-                    cycle.id,
-                    p.employee_id,
-                    p.email,
-                    p.locale,
-                    "results_released",
-                    "results",
-                    {"cycle_id": cycle.id, "period": cycle.period},
-                )
+                Recipient(Role.employee, p.email, p.locale, p.name, p.employee_id, link=link)
                 for p in people
             ],
+            "results",
         )
         distribution: dict[str, int] = {g: 0 for g in policy.grade_ids()}
         for p in people:

@@ -17,7 +17,7 @@ from sqlalchemy import Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from perfcycle import audit, clock, outbox
+from perfcycle import audit, clock
 from perfcycle.db import insert_ignore
 from perfcycle.errors import InvalidInput, Problem
 from perfcycle.models import (
@@ -30,9 +30,10 @@ from perfcycle.models import (
     StageInstance,
     StageName,
 )
+from perfcycle.notify import Recipient, TaskLink, notify
 from perfcycle.org import read_csv
-from perfcycle.policy import Policy, RatedIndicator
-from perfcycle.stages.base import Progress
+from perfcycle.policy import Policy, RatedIndicator, Role
+from perfcycle.stages.base import PendingTask, Progress
 
 PENDING, SUBMITTED, EXPIRED = "pending", "submitted", "expired"
 # The order rater types are drawn in: later types avoid the people earlier types took.
@@ -207,17 +208,17 @@ def _assignment_row(cycle_id: int, rater_id: str, ratee_id: str, rater_type: str
     }
 
 
-def _assignment_mails(
-    cycle: Cycle,
+def _assignment_recipients(
     stage: StageInstance,
     org: Organisation,
     pending: Sequence[tuple[str, str, str]],
-) -> list[outbox.Mail]:
+) -> list[Recipient]:
     """One mail per rater listing everyone they have still to rate."""
     by_rater: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for rater_id, ratee_id, rater_type in pending:
         by_rater[rater_id].append((ratee_id, rater_type))
-    mails = []
+    link = TaskLink("evaluation", f"evaluation:{stage.attempt}")
+    recipients = []
     for rater_id, ratees in sorted(by_rater.items()):
         rater = org.people[rater_id]
         if not rater.active:
@@ -226,24 +227,12 @@ def _assignment_mails(
             {"employee_id": r, "name": org.people[r].name, "rater_type": t}
             for r, t in sorted(ratees)
         ]
-        mails.append(
-            outbox.Mail(
-                cycle_id=cycle.id,
-                recipient_id=rater_id,
-                recipient_email=rater.email,
-                locale=rater.locale,
-                template="evaluation_assigned",
-                occurrence=f"evaluation:{stage.attempt}",
-                context={
-                    "cycle_id": cycle.id,
-                    "stage": StageName.evaluation.value,
-                    "due_at": stage.due_at.isoformat(),
-                    "ratees": listed,
-                    "count": len(listed),
-                },
+        recipients.append(
+            Recipient.person(
+                Role.rater, rater, context={"ratees": listed, "count": len(listed)}, link=link
             )
         )
-    return mails
+    return recipients
 
 
 # ---------------------------------------------------------------- the stage
@@ -293,7 +282,16 @@ class Handler:
             [_assignment_row(cycle.id, *key) for key in new_keys],
         )
         pending = [k for k, state in existing.items() if state == PENDING] + new_keys
-        mailed = outbox.enqueue(session, _assignment_mails(cycle, stage, org, pending))
+        mailed = notify(
+            session,
+            cycle,
+            policy,
+            "evaluation_assigned",
+            _assignment_recipients(stage, org, pending),
+            f"evaluation:{stage.attempt}",
+            {"stage": StageName.evaluation.value},
+            due_at=stage.due_at,
+        )
         if created or mailed:
             audit.record(
                 session,
@@ -318,6 +316,23 @@ class Handler:
             done=counts.get(SUBMITTED, 0),
             total=counts.get(SUBMITTED, 0) + counts.get(PENDING, 0),
         )
+
+    def pending(
+        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
+    ) -> dict[str, list[PendingTask]]:
+        """Each rater with forms still to fill, naming their ratees."""
+        ratees: dict[str, set[str]] = defaultdict(set)
+        for rater_id, name in session.execute(
+            select(RaterAssignment.rater_id, Employee.name)
+            .join(Employee, Employee.id == RaterAssignment.ratee_id)
+            .where(RaterAssignment.cycle_id == cycle.id, RaterAssignment.state == PENDING)
+        ).tuples():
+            ratees[rater_id].add(name)
+        ref = f"evaluation:{stage.attempt}"
+        return {
+            rater_id: [PendingTask(Role.rater, "evaluate", "evaluation", ref, tuple(sorted(names)))]
+            for rater_id, names in sorted(ratees.items())
+        }
 
     def close(
         self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance

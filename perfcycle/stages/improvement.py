@@ -27,10 +27,10 @@ from perfcycle.models import (
     StageInstance,
     StageName,
 )
-from perfcycle.outbox import Mail, enqueue
-from perfcycle.policy import Policy
+from perfcycle.notify import Recipient, TaskLink, notify, policy_of
+from perfcycle.policy import Policy, Role
 from perfcycle.roles import is_hr
-from perfcycle.stages.base import Progress
+from perfcycle.stages.base import PendingTask, Progress
 
 STATES = ("open", "closed", "lapsed")
 WEAKEST_COUNT = 2
@@ -57,7 +57,15 @@ class Handler:
                     "employees": created,
                 },
             )
-        mails = enqueue(session, _created_mails(session, cycle, stage))
+        mails = notify(
+            session,
+            cycle,
+            policy,
+            "improvement_plan_created",
+            _created_recipients(session, cycle, stage),
+            f"improvement:{stage.attempt}",
+            due_at=stage.due_at,
+        )
         return {"plans_created": len(created), "mails_enqueued": mails}
 
     def progress(
@@ -65,6 +73,26 @@ class Handler:
     ) -> Progress:
         counts = count_by_state(session, cycle.id)
         return Progress(done=counts["closed"], total=sum(counts.values()))
+
+    def pending(
+        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
+    ) -> dict[str, list[PendingTask]]:
+        """Owners of open plans: each plan is closed once its effect is verified."""
+        todo: dict[str, list[PendingTask]] = {}
+        for plan_id, owner_id, name in session.execute(
+            select(ImprovementPlan.id, ImprovementPlan.owner_id, Employee.name)
+            .join(Employee, Employee.id == ImprovementPlan.employee_id)
+            .where(ImprovementPlan.cycle_id == cycle.id, ImprovementPlan.state == "open")
+            .order_by(ImprovementPlan.owner_id, ImprovementPlan.employee_id)
+        ).tuples():
+            if owner_id is None:
+                continue  # HR follows the plan up: a mailing list, not a person with tasks
+            todo.setdefault(owner_id, []).append(
+                PendingTask(
+                    Role.owner, "close_plan", "improvement_plan", f"plan:{plan_id}", (name,)
+                )
+            )
+        return todo
 
     def close(
         self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
@@ -169,7 +197,7 @@ def _create_plans(session: Session, cycle: Cycle, policy: Policy, deadline: date
     return [r["employee_id"] for r in rows]
 
 
-def _created_mails(session: Session, cycle: Cycle, stage: StageInstance) -> list[Mail]:
+def _created_recipients(session: Session, cycle: Cycle, stage: StageInstance) -> list[Recipient]:
     """The employee and the plan's owner each learn that the plan exists and what it says."""
     emp = aliased(Employee)
     owner = aliased(Employee)
@@ -181,10 +209,9 @@ def _created_mails(session: Session, cycle: Cycle, stage: StageInstance) -> list
         .order_by(ImprovementPlan.employee_id)
     ).all()
     occurrence = f"improvement:{stage.attempt}"
-    mails: list[Mail] = []
+    recipients: list[Recipient] = []
     for plan, employee, manager in rows:
         context = {
-            "period": cycle.period,
             "plan_id": plan.id,
             "employee_id": employee.id,
             "employee_name": employee.name,
@@ -192,21 +219,19 @@ def _created_mails(session: Session, cycle: Cycle, stage: StageInstance) -> list
             "goal": plan.goal,
             "deadline": plan.deadline.isoformat(),
         }
-        recipients = [("employee", employee)] + ([("owner", manager)] if manager else [])
-        mails += [
-            Mail(
-                cycle_id=cycle.id,
-                recipient_id=person.id,
-                recipient_email=person.email,
-                locale=person.locale,
-                template="improvement_plan_created",
+        people = [(Role.employee, employee)] + ([(Role.owner, manager)] if manager else [])
+        recipients += [
+            Recipient.person(
+                role,
+                person,
+                context=context,
+                link=TaskLink("improvement_plan", f"plan:{plan.id}"),
                 # An owner with several plans gets one mail per plan: the key names the plan.
                 occurrence=f"{occurrence}:{plan.id}",
-                context={**context, "role": role, "name": person.name},
             )
-            for role, person in recipients
+            for role, person in people
         ]
-    return mails
+    return recipients
 
 
 # ---------------------------------------------------------------- services
@@ -310,7 +335,7 @@ def close_plan(
         before=before,
         after=_snapshot(plan),
     )
-    enqueue(session, [_closed_mail(session, plan)])
+    _notify_closed(session, plan)
     return plan
 
 
@@ -430,19 +455,19 @@ def _checkin_snapshot(checkin: PlanCheckin) -> dict[str, Any]:
     }
 
 
-def _closed_mail(session: Session, plan: ImprovementPlan) -> Mail:
+def _notify_closed(session: Session, plan: ImprovementPlan) -> None:
     """The employee learns the plan is closed and whether its effect was verified."""
     employee = session.get_one(Employee, plan.employee_id)
-    return Mail(
-        cycle_id=plan.cycle_id,
-        recipient_id=employee.id,
-        recipient_email=employee.email,
-        locale=employee.locale,
-        template="improvement_plan_closed",
-        occurrence=f"plan-closed:{plan.id}",
-        context={
+    cycle = session.get_one(Cycle, plan.cycle_id)
+    notify(
+        session,
+        cycle,
+        policy_of(cycle),
+        "improvement_plan_closed",
+        [Recipient.person(Role.employee, employee)],
+        f"plan-closed:{plan.id}",
+        {
             "plan_id": plan.id,
-            "name": employee.name,
             "effect_verified": plan.effect_verified,
             "outcome": plan.outcome,
         },

@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session, aliased
 from perfcycle import audit, clock
 from perfcycle.db import insert_ignore
 from perfcycle.errors import InvalidInput, Problem
-from perfcycle.models import Cycle, Employee, Interview, Participant, StageInstance
-from perfcycle.outbox import Mail, enqueue
-from perfcycle.policy import Policy
-from perfcycle.stages.base import Progress
+from perfcycle.models import Cycle, Employee, Interview, Participant, StageInstance, StageName
+from perfcycle.notify import Recipient, TaskLink, notify, policy_of, stage_of
+from perfcycle.policy import Policy, Role
+from perfcycle.stages.base import PendingTask, Progress
 
 STATES = ("scheduled", "held", "acknowledged", "missed")
 # A held interview may still be corrected by the manager until the employee acknowledges it.
@@ -39,7 +39,15 @@ class Handler:
                 cycle_id=cycle.id,
                 after={"interviews_created": len(created), "employees": created},
             )
-        mails = enqueue(session, _scheduled_mails(session, cycle, stage))
+        mails = notify(
+            session,
+            cycle,
+            policy,
+            "interview_scheduled",
+            _scheduled_recipients(session, cycle, stage),
+            f"interview:{stage.attempt}",
+            due_at=stage.due_at,
+        )
         return {"interviews_created": len(created), "mails_enqueued": mails}
 
     def progress(
@@ -47,6 +55,42 @@ class Handler:
     ) -> Progress:
         counts = count_by_state(session, cycle.id)
         return Progress(done=counts["acknowledged"], total=sum(counts.values()))
+
+    def pending(
+        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
+    ) -> dict[str, list[PendingTask]]:
+        """Managers with interviews to hold; employees with a record to acknowledge."""
+        emp = aliased(Employee)
+        rows = session.execute(
+            select(
+                Interview.id, Interview.state, Interview.employee_id, Interview.manager_id, emp.name
+            )
+            .join(emp, emp.id == Interview.employee_id)
+            .where(Interview.cycle_id == cycle.id, Interview.state.in_(RECORDABLE))
+            .order_by(Interview.employee_id)
+        ).all()
+        to_hold: dict[str, set[str]] = defaultdict(set)
+        todo: dict[str, list[PendingTask]] = defaultdict(list)
+        for interview_id, state, employee_id, manager_id, name in rows:
+            if state == "held":
+                todo[employee_id].append(
+                    PendingTask(
+                        Role.employee,
+                        "acknowledge_interview",
+                        "interview_ack",
+                        f"interview:{interview_id}",
+                    )
+                )
+            elif manager_id is not None:
+                to_hold[manager_id].add(name)
+        ref = f"interview:{stage.attempt}"
+        for manager_id, names in sorted(to_hold.items()):
+            todo[manager_id].append(
+                PendingTask(
+                    Role.manager, "record_interview", "interviews", ref, tuple(sorted(names))
+                )
+            )
+        return dict(todo)
 
     def close(
         self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
@@ -113,13 +157,12 @@ def _create_interviews(session: Session, cycle: Cycle) -> list[str]:
     return [r["employee_id"] for r in rows]
 
 
-def _scheduled_mails(session: Session, cycle: Cycle, stage: StageInstance) -> list[Mail]:
+def _scheduled_recipients(session: Session, cycle: Cycle, stage: StageInstance) -> list[Recipient]:
     """One mail per employee, and one per manager listing all of their interviews.
 
     A manager who is also interviewed gets both, so the two need distinct occurrences.
     """
     occurrence = f"interview:{stage.attempt}"
-    due = stage.due_at.isoformat()
     emp = aliased(Employee)
     mgr = aliased(Employee)
     rows = session.execute(
@@ -129,26 +172,16 @@ def _scheduled_mails(session: Session, cycle: Cycle, stage: StageInstance) -> li
         .where(Interview.cycle_id == cycle.id)
         .order_by(Interview.manager_id, Interview.employee_id)
     ).all()
-    mails: list[Mail] = []
+    recipients: list[Recipient] = []
     by_manager: dict[str, list[dict[str, Any]]] = defaultdict(list)
     managers: dict[str, Employee] = {}
     for interview_id, employee, manager in rows:
-        mails.append(
-            Mail(
-                cycle_id=cycle.id,
-                recipient_id=employee.id,
-                recipient_email=employee.email,
-                locale=employee.locale,
-                template="interview_scheduled",
-                occurrence=occurrence,
-                context={
-                    "role": "employee",
-                    "period": cycle.period,
-                    "interview_id": interview_id,
-                    "name": employee.name,
-                    "manager_name": manager.name,
-                    "due_at": due,
-                },
+        recipients.append(
+            Recipient.person(
+                Role.employee,
+                employee,
+                context={"interview_id": interview_id, "manager_name": manager.name},
+                link=TaskLink("interview", f"interview:{interview_id}"),
             )
         )
         managers[manager.id] = manager
@@ -156,25 +189,16 @@ def _scheduled_mails(session: Session, cycle: Cycle, stage: StageInstance) -> li
             {"interview_id": interview_id, "employee_id": employee.id, "name": employee.name}
         )
     for manager_id, interviews in by_manager.items():
-        manager = managers[manager_id]
-        mails.append(
-            Mail(
-                cycle_id=cycle.id,
-                recipient_id=manager.id,
-                recipient_email=manager.email,
-                locale=manager.locale,
-                template="interview_scheduled",
+        recipients.append(
+            Recipient.person(
+                Role.manager,
+                managers[manager_id],
+                context={"interviews": interviews},
+                link=TaskLink("interviews", occurrence),
                 occurrence=f"{occurrence}:manager",
-                context={
-                    "role": "manager",
-                    "period": cycle.period,
-                    "name": manager.name,
-                    "interviews": interviews,
-                    "due_at": due,
-                },
             )
         )
-    return mails
+    return recipients
 
 
 # ---------------------------------------------------------------- services
@@ -223,7 +247,7 @@ def record_interview(
         before=before,
         after=_snapshot(interview),
     )
-    enqueue(session, [_recorded_mail(session, interview)])
+    _notify_recorded(session, interview)
     return interview
 
 
@@ -283,15 +307,24 @@ def _snapshot(interview: Interview) -> dict[str, Any]:
     }
 
 
-def _recorded_mail(session: Session, interview: Interview) -> Mail:
+def _notify_recorded(session: Session, interview: Interview) -> None:
     """Tells the employee the record is there to read and acknowledge."""
     employee = session.get_one(Employee, interview.employee_id)
-    return Mail(
-        cycle_id=interview.cycle_id,
-        recipient_id=employee.id,
-        recipient_email=employee.email,
-        locale=employee.locale,
-        template="interview_recorded",
-        occurrence=f"interview-recorded:{interview.id}",
-        context={"interview_id": interview.id, "name": employee.name},
+    cycle = session.get_one(Cycle, interview.cycle_id)
+    stage = stage_of(session, cycle.id, StageName.interview)
+    notify(
+        session,
+        cycle,
+        policy_of(cycle),
+        "interview_recorded",
+        [
+            Recipient.person(
+                Role.employee,
+                employee,
+                link=TaskLink("interview_ack", f"interview:{interview.id}"),
+            )
+        ],
+        f"interview-recorded:{interview.id}",
+        {"interview_id": interview.id},
+        due_at=stage.due_at if stage else None,
     )

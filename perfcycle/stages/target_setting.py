@@ -6,18 +6,28 @@ submits (signs); the manager approves (signs) or returns them with a comment.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from perfcycle import audit, clock, outbox
+from perfcycle import audit, clock
 from perfcycle.db import insert_ignore
 from perfcycle.errors import InvalidInput, Problem
-from perfcycle.models import AuditEvent, Cycle, Employee, Goal, Participant, StageInstance
-from perfcycle.policy import MetricIndicator, Policy
+from perfcycle.models import (
+    AuditEvent,
+    Cycle,
+    Employee,
+    Goal,
+    Participant,
+    StageInstance,
+    StageName,
+)
+from perfcycle.notify import Recipient, TaskLink, notify, policy_of, stage_of
+from perfcycle.policy import MetricIndicator, Policy, Role
 from perfcycle.roles import is_hr
-from perfcycle.stages.base import Progress
+from perfcycle.stages.base import PendingTask, Progress
 
 
 class Handler:
@@ -47,26 +57,19 @@ class Handler:
             for ind in policy.indicators
         ]
         created = insert_ignore(session, Goal.__table__, rows)  # type: ignore[arg-type]
-        mails = outbox.enqueue(
+        link = TaskLink("goals", f"target_setting:{stage.attempt}")
+        mails = notify(
             session,
+            cycle,
+            policy,
+            "goals_to_agree",
             [
-                outbox.Mail(
-                    cycle.id,
-                    p.employee_id,
-                    p.email,
-                    p.locale,
-                    "goals_to_agree",
-                    f"target_setting:{stage.attempt}",
-                    {
-                        "cycle_id": cycle.id,
-                        "period": cycle.period,
-                        "name": p.name,
-                        "due_at": stage.due_at.isoformat(),
-                        "indicators": len(policy.indicators),
-                    },
-                )
+                Recipient(Role.employee, p.email, p.locale, p.name, p.employee_id, link=link)
                 for p in people
             ],
+            f"target_setting:{stage.attempt}",
+            {"indicators": len(policy.indicators)},
+            due_at=stage.due_at,
         )
         if created:
             audit.record(
@@ -99,6 +102,40 @@ class Handler:
             or 0
         )
         return Progress(done=total - not_done, total=total)
+
+    def pending(
+        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
+    ) -> dict[str, list[PendingTask]]:
+        """Employees who have not submitted; managers with submitted goals to approve."""
+        rows = session.execute(
+            select(Goal.employee_id, Goal.state, Participant.manager_id, Employee.name)
+            .join(
+                Participant,
+                (Participant.cycle_id == Goal.cycle_id)
+                & (Participant.employee_id == Goal.employee_id),
+            )
+            .join(Employee, Employee.id == Goal.employee_id)
+            .where(Goal.cycle_id == cycle.id, Goal.state != "agreed")
+            .distinct()
+            .order_by(Goal.employee_id)
+        ).all()
+        unsigned = {r.employee_id for r in rows if r.state == "proposed"}
+        to_approve: dict[str, set[str]] = defaultdict(set)
+        for r in rows:
+            # Without a manager HR approves: a mailing list, not a person with tasks.
+            if r.employee_id not in unsigned and r.manager_id is not None:
+                to_approve[r.manager_id].add(r.name)
+        ref = f"target_setting:{stage.attempt}"
+        todo: dict[str, list[PendingTask]] = defaultdict(list)
+        for employee_id in sorted(unsigned):
+            todo[employee_id].append(PendingTask(Role.employee, "submit_goals", "goals", ref))
+        for manager_id, names in sorted(to_approve.items()):
+            todo[manager_id].append(
+                PendingTask(
+                    Role.manager, "approve_goals", "goals_approval", ref, tuple(sorted(names))
+                )
+            )
+        return dict(todo)
 
     def close(
         self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
@@ -214,19 +251,18 @@ def return_goals(
             AuditEvent.subject == f"cycle:{cycle_id}/employee:{employee_id}",
         )
     )
-    outbox.enqueue(
+    cycle = session.get_one(Cycle, cycle_id)
+    stage = stage_of(session, cycle_id, StageName.target_setting)
+    link = TaskLink("goals", f"target_setting:{stage.attempt if stage else 1}")
+    notify(
         session,
-        [
-            outbox.Mail(
-                cycle_id,
-                employee_id,
-                employee.email,
-                employee.locale,
-                "goals_returned",
-                f"goals-returned:{returned_before}",
-                {"cycle_id": cycle_id, "comment": comment},
-            )
-        ],
+        cycle,
+        policy_of(cycle),
+        "goals_returned",
+        [Recipient.person(Role.employee, employee, link=link)],
+        f"goals-returned:{returned_before}",
+        {"comment": comment},
+        due_at=stage.due_at if stage else None,
     )
 
 
