@@ -416,3 +416,48 @@ class AuditEvent(Base):
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+# ---------------------------------------------------------------- portal links
+
+
+class TaskToken(Base):
+    """The token of one emailed portal link, bound to one person's task.
+
+    Only its sha256 is stored: whoever reads the database cannot use a link. Expired tokens are
+    unknown to the portal; a used one is still found (used_at set) so it can say so.
+    """
+
+    __tablename__ = "task_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    person_id: Mapped[str] = mapped_column(ForeignKey("employees.id"), index=True)
+    # What the link opens: 'evaluation', 'goals', 'interview', ... (portal routes on it).
+    task_kind: Mapped[str] = mapped_column(String(40))
+    cycle_id: Mapped[int] = mapped_column(ForeignKey("cycles.id"), index=True)
+    # Which instance of the task: 'evaluation:1' (stage attempt), 'interview:17', 'plan:4'.
+    task_ref: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+
+class PortalRole(Base):
+    """A portal role beyond the org chart (hr_admin, committee, supervision, auditor).
+
+    `principal` is an employee id or a lower-case email address: HR can grant a role to someone
+    by address before (or without) their joining the org chart.
+    """
+
+    __tablename__ = "portal_roles"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    principal: Mapped[str] = mapped_column(String(320))
+    role: Mapped[str] = mapped_column(String(20))
+    granted_by: Mapped[str] = mapped_column(String(200))
+    granted_at: Mapped[datetime]
+    __table_args__ = (
+        UniqueConstraint("principal", "role"),
+        CheckConstraint(
+            "role IN ('hr_admin','committee','supervision','auditor')", name="role"
+        ),
+    )
