@@ -328,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
 
+    from perfcycle.portal.roles_cli import register as register_roles
+
+    register_roles(sub)
+
     au = sub.add_parser("audit", help="audit log").add_subparsers(dest="a", required=True)
     add("verify", cmd_audit_verify, "recompute the audit hash chain", au)
     return parser

@@ -434,7 +434,8 @@ class TaskToken(Base):
     person_id: Mapped[str] = mapped_column(ForeignKey("employees.id"), index=True)
     # What the link opens: 'evaluation', 'goals', 'interview', ... (portal routes on it).
     task_kind: Mapped[str] = mapped_column(String(40))
-    cycle_id: Mapped[int] = mapped_column(ForeignKey("cycles.id"), index=True)
+    # None for sign-in links, which open no task of a cycle.
+    cycle_id: Mapped[int | None] = mapped_column(ForeignKey("cycles.id"), index=True)
     # Which instance of the task: 'evaluation:1' (stage attempt), 'interview:17', 'plan:4'.
     task_ref: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime]
@@ -457,7 +458,5 @@ class PortalRole(Base):
     granted_at: Mapped[datetime]
     __table_args__ = (
         UniqueConstraint("principal", "role"),
-        CheckConstraint(
-            "role IN ('hr_admin','committee','supervision','auditor')", name="role"
-        ),
+        CheckConstraint("role IN ('hr_admin','committee','supervision','auditor')", name="role"),
     )

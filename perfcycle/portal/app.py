@@ -1,22 +1,44 @@
-"""Placeholder portal: a home page listing the cycles, and a health check for the dev stack.
+"""The portal app: the home page, the sign-in routes and the page modules in routes.ROUTERS.
 
-The real pages (tasks, evaluation forms, calibration, appeals) arrive with the portal issue.
 Run with: uvicorn perfcycle.portal.app:app
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, Response
+from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from perfcycle.db import get_engine
+from perfcycle.errors import InvalidInput
 from perfcycle.models import Cycle
+from perfcycle.portal import deps
+from perfcycle.portal.routes import load_routers
 from perfcycle.settings import get_settings
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# Links carry tokens in their path: no Referer may take them to another site. Pages need no
+# script; styles come from our own file (and inline SVG charts may carry style attributes).
+SECURITY_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'self'; script-src 'none'; "
+        b"style-src 'self' 'unsafe-inline'; img-src 'self' data:; form-action 'self'; "
+        b"frame-ancestors 'none'; base-uri 'none'",
+    ),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+]
 
 _HOME = Environment(autoescape=True).from_string(
     """<!doctype html>
@@ -85,7 +107,13 @@ def render_home(database_url: str | None = None) -> str:
 
 def create_app(database_url: str | None = None) -> FastAPI:
     """`database_url` defaults to the settings' (PERFCYCLE_DATABASE_URL or PERFCYCLE_HOME)."""
-    app = FastAPI(title="perfcycle portal", docs_url=None, redoc_url=None)
+    app = FastAPI(title="perfcycle portal", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.database_url = database_url
+    app.add_middleware(SecurityHeaders)
+    _add_error_pages(app)
+    app.mount(deps.STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="static")
+    for router in load_routers():
+        app.include_router(router)
 
     @app.get("/", response_class=HTMLResponse)
     def home() -> str:
@@ -96,6 +124,67 @@ def create_app(database_url: str | None = None) -> FastAPI:
         return {"ok": True}
 
     return app
+
+
+class SecurityHeaders:
+    """Adds SECURITY_HEADERS to every response (plain ASGI: no per-request task overhead)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+_STATUS_TITLES = {
+    400: "bad_request",
+    401: "sign_in_required",
+    403: "forbidden",
+    404: "not_found",
+    422: "invalid_input",
+    429: "too_many_requests",
+}
+
+
+def _add_error_pages(app: FastAPI) -> None:
+    """Every refusal is a page in the layout, never FastAPI's JSON."""
+
+    @app.exception_handler(deps.PageError)
+    async def page_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, deps.PageError)
+        return deps.page_error_response(request, exc)
+
+    @app.exception_handler(InvalidInput)
+    async def invalid_input(request: Request, exc: Exception) -> Response:
+        return deps.error_page(request, 422, "invalid_input", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        where = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+            for e in exc.errors()
+        )
+        return deps.error_page(request, 422, "bad_request", where)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        title = _STATUS_TITLES.get(exc.status_code, "bad_request")
+        detail = exc.detail if isinstance(exc.detail, str) else ""
+        response = deps.error_page(request, exc.status_code, title, detail)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
 
 
 app = create_app()

@@ -47,7 +47,7 @@ class LinkRequest:
     """The task a link opens, for whom, until when."""
 
     person_id: str
-    cycle_id: int
+    cycle_id: int | None
     task_kind: str
     task_ref: str
     expires_at: datetime
@@ -101,7 +101,7 @@ def save_links(session: Session, links: Sequence[NewLink]) -> None:
 def issue_link(
     session: Session,
     person_id: str,
-    cycle_id: int,
+    cycle_id: int | None,
     task_kind: str,
     task_ref: str,
     expires_at: datetime,

@@ -24,7 +24,7 @@ def upgrade() -> None:
     sa.Column('token_hash', sa.String(length=64), nullable=False),
     sa.Column('person_id', sa.String(length=64), nullable=False),
     sa.Column('task_kind', sa.String(length=40), nullable=False),
-    sa.Column('cycle_id', sa.Integer(), nullable=False),
+    sa.Column('cycle_id', sa.Integer(), nullable=True),
     sa.Column('task_ref', sa.String(length=200), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),

@@ -1,0 +1,450 @@
+"""What every portal page uses: the request's database session, who is signed in, CSRF, rendering.
+
+A page module looks like this:
+
+    router = APIRouter()
+
+    @router.get("/evaluations")
+    def evaluations(request: Request, cycle: int, session: SessionDep, viewer: ViewerDep
+                    ) -> HTMLResponse:
+        return render(request, "evaluations.html", {...})
+
+    @router.post("/evaluations")
+    def submit(request: Request, session: SessionDep, viewer: ViewerDep, form: CsrfForm
+               ) -> Response:
+        ...  # raise PageError(...) to refuse: the transaction rolls back, the page says why
+        consume_task_token(session, request, "evaluation", cycle_id)
+        run_after_commit(request, lambda: orchestrator.resume(...))
+        return RedirectResponse(..., status_code=303)
+
+(SessionDep, ViewerDep and CsrfForm are the Annotated forms of Depends(get_session),
+Depends(current_viewer) and Depends(verify_csrf); `Annotated[Viewer, Depends(require_roles(...))]`
+for role-gated pages.)
+
+One transaction per request: it commits when the endpoint returns and rolls back when it raises.
+Refuse with `raise PageError(...)`, never by returning an error page after writing something.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlencode
+
+from fastapi import Depends, Request
+from fastapi.responses import HTMLResponse, Response
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from sqlalchemy import exists, or_, select
+from sqlalchemy.orm import Session
+from starlette.datastructures import FormData, UploadFile
+
+from perfcycle import clock
+from perfcycle.db import session_scope
+from perfcycle.errors import InvalidInput
+from perfcycle.models import Employee, PortalRole, TaskToken
+from perfcycle.portal import i18n, links, security
+
+log = logging.getLogger(__name__)
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+STATIC_PATH = "/static"
+ROLES = frozenset({"hr_admin", "committee", "supervision", "manager", "employee", "auditor"})
+MAX_FORM_BYTES = 1_000_000
+MAX_FORM_FIELDS = 2000
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+
+_templates = Environment(
+    loader=FileSystemLoader(TEMPLATES_DIR),
+    autoescape=select_autoescape(("html", "htm", "xml", "svg")),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+@dataclass(frozen=True)
+class Viewer:
+    person_id: str
+    name: str
+    locale: str
+    roles: frozenset[str]
+
+    def has(self, *roles: str) -> bool:
+        return not self.roles.isdisjoint(roles)
+
+
+class PageError(Exception):
+    """Raise from a page or dependency to refuse: nothing is committed and the error page says
+    what happened. `title_key` is an i18n key; `message` is shown as is (already translated or
+    naming the field)."""
+
+    def __init__(
+        self,
+        status_code: int,
+        title_key: str,
+        message: str = "",
+        *,
+        renewal_form: bool = False,
+    ) -> None:
+        super().__init__(f"{status_code} {title_key}: {message}")
+        self.status_code = status_code
+        self.title_key = title_key
+        self.message = message
+        self.renewal_form = renewal_form
+
+
+# ---------------------------------------------------------------- database session
+
+
+def database_url(request: Request) -> str | None:
+    return getattr(request.app.state, "database_url", None)
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One transaction per request; then the work queued with run_after_commit."""
+    with session_scope(database_url(request)) as session:
+        yield session
+    _run_after_commit_hooks(request)
+
+
+def run_after_commit(request: Request, action: Callable[[], object]) -> None:
+    """Do `action` once this request's transaction has committed (resume a Prefect flow run).
+
+    Never when it rolls back. A failing action is logged, not shown: the submission is saved and
+    cycle-clock catches up on what the action would have done.
+    """
+    hooks: list[Callable[[], object]] = getattr(request.state, "after_commit", [])
+    hooks.append(action)
+    request.state.after_commit = hooks
+
+
+def _run_after_commit_hooks(request: Request) -> None:
+    for action in getattr(request.state, "after_commit", []):
+        try:
+            action()
+        except Exception:
+            log.exception("after-commit action failed; cycle-clock will catch up")
+    request.state.after_commit = []
+
+
+# ---------------------------------------------------------------- who is signed in
+
+
+def session_data(request: Request) -> security.SessionData | None:
+    """The verified session cookie, or None (missing, tampered with or expired)."""
+    return security.decode_session(request.cookies.get(security.SESSION_COOKIE), clock.now())
+
+
+def load_viewer(session: Session, person_id: str) -> Viewer | None:
+    """The active employee's view of the portal with their roles; None if not an active employee."""
+    employee = session.get(Employee, person_id)
+    if employee is None or not employee.active:
+        return None
+    return Viewer(
+        person_id=employee.id,
+        name=employee.name,
+        locale=i18n.supported_locale(employee.locale),
+        roles=viewer_roles(session, employee),
+    )
+
+
+def viewer_roles(session: Session, employee: Employee) -> frozenset[str]:
+    roles = {"employee"}
+    has_reports = session.scalar(
+        select(exists().where(Employee.manager_id == employee.id, Employee.active.is_(True)))
+    )
+    if has_reports:
+        roles.add("manager")
+    granted = session.scalars(
+        select(PortalRole.role).where(
+            or_(
+                PortalRole.principal == employee.id,
+                PortalRole.principal == employee.email.strip().lower(),
+            )
+        )
+    )
+    roles.update(granted)
+    return frozenset(roles)
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def current_viewer(request: Request, session: SessionDep) -> Viewer:
+    """Who is signed in; 401 page "sign in with the link from your email" otherwise."""
+    cached = getattr(request.state, "viewer", None)
+    if isinstance(cached, Viewer):
+        return cached
+    data = session_data(request)
+    viewer = load_viewer(session, data.person_id) if data else None
+    if viewer is None:
+        text = i18n.translate("sign_in_required_text", _locale(request))
+        raise PageError(401, "sign_in_required", text)
+    request.state.viewer = viewer
+    return viewer
+
+
+ViewerDep = Annotated[Viewer, Depends(current_viewer)]
+
+
+def require_roles(*roles: str) -> Callable[..., Viewer]:
+    """A dependency admitting viewers holding any of `roles`; 403 page naming them otherwise."""
+    unknown = set(roles) - ROLES
+    if not roles or unknown:
+        raise ValueError(f"require_roles: unknown roles {sorted(unknown)}; known: {sorted(ROLES)}")
+
+    def dependency(request: Request, viewer: ViewerDep) -> Viewer:
+        if not viewer.has(*roles):
+            locale = _locale(request)
+            names = ", ".join(i18n.translate(f"role.{r}", locale) for r in roles)
+            raise PageError(403, "forbidden", i18n.translate("needs_role", locale, roles=names))
+        return viewer
+
+    return dependency
+
+
+# ---------------------------------------------------------------- task links in the session
+
+
+def session_task_token(
+    session: Session, request: Request, task_kind: str, cycle_id: int
+) -> TaskToken | None:
+    """The link this browser opened for the signed-in person's task (unused ones first).
+
+    None when the person arrived another way (a sign-in link, the menu). A page shows "this link
+    was already used" when the row's used_at is set.
+    """
+    data = session_data(request)
+    if data is None or not data.token_ids:
+        return None
+    rows = session.scalars(
+        select(TaskToken).where(
+            TaskToken.id.in_(data.token_ids),
+            TaskToken.person_id == data.person_id,
+            TaskToken.task_kind == task_kind,
+            TaskToken.cycle_id == cycle_id,
+        )
+    ).all()
+    if not rows:
+        return None
+    return sorted(rows, key=lambda r: (r.used_at is None, r.id))[-1]
+
+
+def consume_task_token(
+    session: Session, request: Request, task_kind: str, cycle_id: int
+) -> TaskToken | None:
+    """Use up the link this session came from for this task, in the request's transaction.
+
+    Call it in the POST that completes the task. Raises PageError 409 when that link was already
+    used (or expired meanwhile); returns None when the session came from no link for this task.
+    """
+    row = session_task_token(session, request, task_kind, cycle_id)
+    if row is None:
+        return None
+    if row.used_at is not None:
+        raise PageError(409, "link_used", _used_message(request, row))
+    try:
+        links.consume(session, row, clock.now())
+    except InvalidInput as exc:
+        raise PageError(409, "link_used", str(exc)) from exc
+    return row
+
+
+def _used_message(request: Request, row: TaskToken) -> str:
+    when = row.used_at.strftime("%Y-%m-%d %H:%M UTC") if row.used_at else ""
+    return i18n.translate("link_used_text", _locale(request), when=when)
+
+
+# ---------------------------------------------------------------- forms and CSRF
+
+
+async def read_form(request: Request) -> FormData:
+    """The urlencoded form of a POST (the portal's forms never upload files)."""
+    cached = getattr(request.state, "form", None)
+    if isinstance(cached, FormData):
+        return cached
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != FORM_CONTENT_TYPE:
+        raise PageError(415, "bad_form", f"expected {FORM_CONTENT_TYPE}, got {content_type!r}")
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        raise PageError(413, "bad_form", f"form larger than {MAX_FORM_BYTES} bytes")
+    try:
+        pairs = parse_qsl(
+            body.decode("utf-8"),
+            keep_blank_values=True,
+            max_num_fields=MAX_FORM_FIELDS,
+            errors="strict",
+        )
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PageError(400, "bad_form", f"unreadable form: {exc}") from exc
+    form = FormData(list[tuple[str, str | UploadFile]](pairs))
+    request.state.form = form
+    return form
+
+
+def csrf_token(request: Request) -> str:
+    """The CSRF token for forms on this page (bound to this browser and who is signed in)."""
+    nonce = request.cookies.get(security.CSRF_COOKIE) or getattr(request.state, "csrf_nonce", None)
+    if not nonce:
+        nonce = security.new_csrf_nonce()
+        request.state.csrf_nonce = nonce
+    data = session_data(request)
+    return security.csrf_token_for(nonce, data.person_id if data else None)
+
+
+async def verify_csrf(request: Request) -> FormData:
+    """Dependency for every POST: the form, once its csrf_token matches; 403 page otherwise."""
+    form = await read_form(request)
+    submitted = form.get("csrf_token")
+    data = session_data(request)
+    if not security.csrf_valid(
+        submitted if isinstance(submitted, str) else None,
+        request.cookies.get(security.CSRF_COOKIE),
+        data.person_id if data else None,
+    ):
+        raise PageError(403, "csrf_failed", i18n.translate("csrf_failed_text", _locale(request)))
+    return form
+
+
+CsrfForm = Annotated[FormData, Depends(verify_csrf)]
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _locale(request: Request) -> str:
+    """?lang= first, then the language chosen earlier (cookie), then the viewer's own."""
+    asked = request.query_params.get("lang")
+    if asked and asked in i18n.LOCALES:
+        if request.cookies.get(security.LANG_COOKIE) != asked:
+            request.state.set_lang = asked
+        return asked
+    chosen = request.cookies.get(security.LANG_COOKIE)
+    if chosen in i18n.LOCALES:
+        return str(chosen)
+    viewer = getattr(request.state, "viewer", None)
+    if isinstance(viewer, Viewer):
+        return viewer.locale
+    return i18n.DEFAULT_LOCALE
+
+
+def locale_of(request: Request) -> str:
+    """The language this request's page is shown in."""
+    return _locale(request)
+
+
+def _lang_url(request: Request, locale: str) -> str:
+    params = [(k, v) for k, v in request.query_params.multi_items() if k != "lang"]
+    return f"{request.url.path}?{urlencode([*params, ('lang', locale)])}"
+
+
+def render(
+    request: Request,
+    template_name: str,
+    context: Mapping[str, Any] | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    """A page in the base layout, in the viewer's language, with `t`, `csrf_token`, `viewer`."""
+    locale = _locale(request)
+    viewer = getattr(request.state, "viewer", None)
+    variables: dict[str, Any] = {
+        "request": request,
+        "locale": locale,
+        "locales": i18n.LOCALES,
+        "t": i18n.translator(locale),
+        "csrf_token": csrf_token(request),
+        "viewer": viewer if isinstance(viewer, Viewer) else None,
+        "signed_in": session_data(request) is not None,
+        "lang_url": lambda code: _lang_url(request, code),
+        "static": lambda name: f"{STATIC_PATH}/{name}",
+    }
+    variables.update(context or {})
+    html = _templates.get_template(template_name).render(variables)
+    response = HTMLResponse(html, status_code=status_code)
+    attach_pending_cookies(request, response)
+    return response
+
+
+def error_page(
+    request: Request,
+    status_code: int,
+    title_key: str,
+    message: str,
+    *,
+    renewal_form: bool = False,
+) -> HTMLResponse:
+    """The one "what happened" page: forged/expired/used/wrong-person link, tampered form, ..."""
+    response = render(
+        request,
+        "error.html",
+        {
+            "status": status_code,
+            "title_key": title_key,
+            "message": message,
+            "renewal_form": renewal_form,
+        },
+        status_code=status_code,
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def page_error_response(request: Request, error: PageError) -> HTMLResponse:
+    return error_page(
+        request,
+        error.status_code,
+        error.title_key,
+        error.message,
+        renewal_form=error.renewal_form,
+    )
+
+
+def attach_pending_cookies(request: Request, response: Response) -> None:
+    """Cookies this request decided on while rendering (a new CSRF nonce, a chosen language)."""
+    secure = security.is_secure_origin()
+    nonce = getattr(request.state, "csrf_nonce", None)
+    if nonce and not request.cookies.get(security.CSRF_COOKIE):
+        response.set_cookie(
+            security.CSRF_COOKIE, nonce, httponly=True, samesite="lax", secure=secure, path="/"
+        )
+    lang = getattr(request.state, "set_lang", None)
+    if lang:
+        response.set_cookie(
+            security.LANG_COOKIE,
+            lang,
+            max_age=365 * 24 * 3600,
+            httponly=True,
+            samesite="lax",
+            secure=secure,
+            path="/",
+        )
+
+
+def set_session_cookie(response: Response, data: security.SessionData) -> None:
+    response.set_cookie(
+        security.SESSION_COOKIE,
+        security.encode_session(data),
+        max_age=data.expires_at - data.issued_at,
+        httponly=True,
+        samesite="lax",
+        secure=security.is_secure_origin(),
+        path="/",
+    )
+
+
+def clear_session_cookie(response: Response) -> None:
+    response.delete_cookie(
+        security.SESSION_COOKIE,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=security.is_secure_origin(),
+    )
+
+
+def template_names() -> Iterable[str]:
+    return _templates.list_templates()

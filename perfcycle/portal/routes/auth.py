@@ -1,0 +1,221 @@
+"""Signing in: opening a link from a mail (/t/{token}), asking for a new link, signing out.
+
+Opening a link (GET) never uses it up: it signs the browser in as the link's person and
+remembers the link, and the task's POST consumes it (deps.consume_task_token). Whoever holds a
+link is its person; a browser already signed in as someone else is refused rather than
+silently switched.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
+
+from perfcycle import audit, clock, outbox
+from perfcycle.models import Employee, OutboxMessage, TaskToken
+from perfcycle.portal import i18n, links, security
+from perfcycle.portal.deps import (
+    CsrfForm,
+    PageError,
+    SessionDep,
+    clear_session_cookie,
+    load_viewer,
+    locale_of,
+    render,
+    session_data,
+    set_session_cookie,
+)
+
+router = APIRouter()
+
+SIGN_IN_KIND = "sign_in"
+SIGN_IN_TEMPLATE = "sign_in_link"
+SIGN_IN_LINK_LIFETIME = timedelta(hours=4)
+# Per address and hour: enough for a lost mail or two, too few to flood someone's inbox.
+SIGN_IN_MAILS_PER_HOUR = 3
+MAX_EMAIL_CHARS = 320
+# Where a link lands, by its task kind; other kinds land on the home page.
+TASK_PAGES = {"evaluation": "/evaluations", "goals": "/goals"}
+
+
+def task_page(row: TaskToken) -> str:
+    path = TASK_PAGES.get(row.task_kind)
+    return f"{path}?cycle={row.cycle_id}" if path else "/"
+
+
+# ---------------------------------------------------------------- opening a link
+
+
+@router.get("/t/{token}")
+def open_link(request: Request, token: str, session: SessionDep) -> Response:
+    now = clock.now()
+    current = session_data(request)
+    signed_in = load_viewer(session, current.person_id) if current else None
+    if signed_in is not None:
+        request.state.viewer = signed_in  # pages below speak the signed-in person's language
+    row = _token_row(session, token)
+    if row is None:
+        raise _unknown_link(request)
+    if now >= row.expires_at:
+        raise PageError(
+            410,
+            "link_expired",
+            i18n.translate("link_expired_text", locale_of(request)),
+            renewal_form=True,
+        )
+    if current is not None and current.person_id != row.person_id:
+        name = signed_in.name if signed_in else current.person_id
+        raise PageError(
+            403, "wrong_person", i18n.translate("wrong_person_text", locale_of(request), name=name)
+        )
+    if load_viewer(session, row.person_id) is None:
+        # The person left the organisation after the mail was sent.
+        raise _unknown_link(request)
+    base = current if current is not None else security.new_session(row.person_id, now)
+    response = RedirectResponse(task_page(row), status_code=303)
+    response.headers["Cache-Control"] = "no-store"
+    set_session_cookie(response, base.with_token(row.id))
+    return response
+
+
+def _unknown_link(request: Request) -> PageError:
+    return PageError(404, "link_unknown", i18n.translate("link_unknown_text", locale_of(request)))
+
+
+def _token_row(session: Session, token: str) -> TaskToken | None:
+    """The row of a link, expired ones included (links.resolve hides those; here they get 410)."""
+    if not 0 < len(token) <= links.MAX_TOKEN_CHARS:
+        return None
+    return session.scalar(select(TaskToken).where(TaskToken.token_hash == links.hash_token(token)))
+
+
+# ---------------------------------------------------------------- asking for a link
+
+
+@router.get("/auth/new-link", response_class=HTMLResponse)
+def new_link_form(request: Request) -> HTMLResponse:
+    return _email_form(request, "new_link_title", "/auth/new-link")
+
+
+@router.get("/auth/sign-in", response_class=HTMLResponse)
+def sign_in_form(request: Request) -> HTMLResponse:
+    return _email_form(request, "sign_in_title", "/auth/sign-in")
+
+
+@router.post("/auth/new-link", response_class=HTMLResponse)
+def request_new_link(request: Request, session: SessionDep, form: CsrfForm) -> HTMLResponse:
+    return _send_sign_in_link(request, session, form, "new_link_title", "/auth/new-link")
+
+
+@router.post("/auth/sign-in", response_class=HTMLResponse)
+def request_sign_in(request: Request, session: SessionDep, form: CsrfForm) -> HTMLResponse:
+    return _send_sign_in_link(request, session, form, "sign_in_title", "/auth/sign-in")
+
+
+def _email_form(
+    request: Request,
+    title_key: str,
+    action: str,
+    email: str = "",
+    problem: str = "",
+    status_code: int = 200,
+) -> HTMLResponse:
+    context = {"title_key": title_key, "action": action, "email": email, "problem": problem}
+    return render(request, "auth_new_link.html", context, status_code=status_code)
+
+
+def _send_sign_in_link(
+    request: Request, session: Session, form: FormData, title_key: str, action: str
+) -> HTMLResponse:
+    """Same answer whether or not the address is known: the page reveals no accounts."""
+    raw = form.get("email")
+    email = raw.strip().lower() if isinstance(raw, str) else ""
+    if not _looks_like_email(email):
+        problem = i18n.translate("email_required", locale_of(request))
+        return _email_form(request, title_key, action, email[:MAX_EMAIL_CHARS], problem, 422)
+    employee = _active_employee_by_email(session, email)
+    now = clock.now()
+    if employee is not None and _sign_in_mails_last_hour(session, email, now) < (
+        SIGN_IN_MAILS_PER_HOUR
+    ):
+        _enqueue_sign_in_link(session, employee, now)
+    hours = int(SIGN_IN_LINK_LIFETIME.total_seconds() // 3600)
+    return render(request, "auth_sent.html", {"hours": hours})
+
+
+def _looks_like_email(email: str) -> bool:
+    local, at, domain = email.partition("@")
+    return bool(at and local and "." in domain and len(email) <= MAX_EMAIL_CHARS) and not any(
+        c.isspace() for c in email
+    )
+
+
+def _active_employee_by_email(session: Session, email: str) -> Employee | None:
+    return session.scalars(
+        select(Employee)
+        .where(func.lower(func.trim(Employee.email)) == email, Employee.active.is_(True))
+        .order_by(Employee.id)
+        .limit(1)
+    ).first()
+
+
+def _sign_in_mails_last_hour(session: Session, email: str, now: datetime) -> int:
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(OutboxMessage)
+            .where(
+                OutboxMessage.template == SIGN_IN_TEMPLATE,
+                func.lower(OutboxMessage.recipient_email) == email,
+                OutboxMessage.created_at > now - timedelta(hours=1),
+            )
+        )
+        or 0
+    )
+
+
+def _enqueue_sign_in_link(session: Session, employee: Employee, now: datetime) -> None:
+    expires_at = now + SIGN_IN_LINK_LIFETIME
+    url = links.issue_link(session, employee.id, None, SIGN_IN_KIND, SIGN_IN_KIND, expires_at)
+    token_hash = links.hash_token(links.token_of(url))
+    outbox.enqueue(
+        session,
+        [
+            outbox.Mail(
+                cycle_id=None,
+                recipient_id=employee.id,
+                recipient_email=employee.email,
+                locale=employee.locale,
+                template=SIGN_IN_TEMPLATE,
+                occurrence=token_hash[:16],
+                context={
+                    "name": employee.name,
+                    "link": url,
+                    "expires_at": expires_at.isoformat(),
+                    "hours": int(SIGN_IN_LINK_LIFETIME.total_seconds() // 3600),
+                },
+            )
+        ],
+    )
+    audit.record(
+        session,
+        actor=employee.id,
+        action="portal.sign_in_link",
+        subject=f"employee:{employee.id}",
+        after={"expires_at": expires_at.isoformat()},
+    )
+
+
+# ---------------------------------------------------------------- signing out
+
+
+@router.post("/auth/sign-out", response_class=HTMLResponse)
+def sign_out(request: Request, form: CsrfForm) -> HTMLResponse:
+    response = render(request, "auth_signed_out.html", {"signed_in": False})
+    clear_session_cookie(response)
+    return response
