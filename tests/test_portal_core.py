@@ -186,7 +186,13 @@ def outbox_rows(db_url: str) -> list[OutboxMessage]:
 
 @pytest.mark.parametrize(
     ("kind", "page"),
-    [("evaluation", "/evaluations?cycle={c}"), ("goals", "/goals?cycle={c}"), ("results", "/")],
+    [
+        ("evaluation", "/evaluations?cycle={c}"),
+        ("goals", "/goals?cycle={c}"),
+        ("goals_approval", "/goals?cycle={c}"),
+        ("results", "/me?cycle={c}"),
+        ("sign_in", "/"),
+    ],
 )
 def test_a_link_signs_in_and_lands_on_its_task_page(
     db_url: str, org: int, kind: str, page: str

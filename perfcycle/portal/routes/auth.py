@@ -40,7 +40,12 @@ SIGN_IN_LINK_LIFETIME = timedelta(hours=4)
 SIGN_IN_MAILS_PER_HOUR = 3
 MAX_EMAIL_CHARS = 320
 # Where a link lands, by its task kind; other kinds land on the home page.
-TASK_PAGES = {"evaluation": "/evaluations", "goals": "/goals"}
+TASK_PAGES = {
+    "evaluation": "/evaluations",
+    "goals": "/goals",
+    "goals_approval": "/goals",
+    "results": "/me",
+}
 
 
 def task_page(row: TaskToken) -> str:

@@ -1,0 +1,290 @@
+"""Evaluation: a rater's list of people to rate, and one behaviour-anchored form per person.
+
+Links of kind `evaluation` open /evaluations?cycle=ID. A rater sees only their own assignments
+and answers. Submitting goes through perfcycle.stages.evaluation.submit_evaluation; the form is
+re-shown with each problem next to its item (422) when it refuses, and nothing is saved. The
+submission that completes the stage resumes the cycle's suspended flow run once committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
+
+from perfcycle import engine
+from perfcycle.errors import InvalidInput
+from perfcycle.models import Cycle, StageName
+from perfcycle.portal import i18n, services
+from perfcycle.portal.deps import (
+    CsrfForm,
+    PageError,
+    SessionDep,
+    Viewer,
+    ViewerDep,
+    locale_of,
+    render,
+    run_after_commit,
+)
+from perfcycle.portal.routes.goals import load_cycle, require_open_stage, use_up_link
+from perfcycle.stages.evaluation import items_for, submit_evaluation
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+i18n.add_messages(
+    {
+        "eval.title": {"zh-CN": "评价", "en": "Evaluations"},
+        "eval.list_intro": {
+            "zh-CN": "请对以下人员进行评价。您的评分对被评价人匿名汇总显示。",
+            "en": "Please rate the people below. Ratees see answers only as group aggregates.",
+        },
+        "eval.none": {
+            "zh-CN": "您在本周期没有需要完成的评价。",
+            "en": "You have no evaluations in this cycle.",
+        },
+        "eval.ratee": {"zh-CN": "被评价人", "en": "Person"},
+        "eval.as": {"zh-CN": "评价身份", "en": "You rate as"},
+        "eval.state": {"zh-CN": "状态", "en": "State"},
+        "eval.state.pending": {"zh-CN": "待填写", "en": "to do"},
+        "eval.state.submitted": {"zh-CN": "已提交", "en": "submitted"},
+        "eval.state.expired": {"zh-CN": "已过期", "en": "closed without an answer"},
+        "eval.open": {"zh-CN": "填写", "en": "Open"},
+        "eval.view": {"zh-CN": "查看", "en": "View"},
+        "eval.form_title": {"zh-CN": "评价：{name}", "en": "Rating {name}"},
+        "eval.comment": {"zh-CN": "评语", "en": "Comment"},
+        "eval.comment_required_for": {
+            "zh-CN": "选择 {levels} 分时必须填写评语",
+            "en": "A comment is required for a score of {levels}",
+        },
+        "eval.submit": {"zh-CN": "提交评价", "en": "Submit"},
+        "eval.submitted_at": {
+            "zh-CN": "已于 {when} 提交，仅供查看。",
+            "en": "Submitted at {when}; read-only.",
+        },
+        "eval.expired_note": {
+            "zh-CN": "评价窗口已关闭，此评价未提交。",
+            "en": "The evaluation window closed before this form was submitted.",
+        },
+        "eval.fix_errors": {
+            "zh-CN": "请修改标出的问题后再提交，尚未保存任何内容。",
+            "en": "Please correct the marked items and submit again; nothing was saved yet.",
+        },
+        "eval.not_yours": {
+            "zh-CN": "这份评价不属于您，无法查看。",
+            "en": "This evaluation form belongs to another rater.",
+        },
+        "eval.no_form": {"zh-CN": "找不到评价表 {id}。", "en": "There is no evaluation form {id}."},
+        "eval.already_submitted": {
+            "zh-CN": "这份评价已经提交，不能再次提交。",
+            "en": "This evaluation was already submitted and cannot be submitted again.",
+        },
+        "eval.no_answer": {"zh-CN": "请选择分数", "en": "Choose a score"},
+        "rater.service_recipient": {"zh-CN": "服务对象", "en": "service recipient"},
+        "rater.superior": {"zh-CN": "上级", "en": "superior"},
+        "rater.peer": {"zh-CN": "同事", "en": "peer"},
+        "rater.self": {"zh-CN": "自评", "en": "self"},
+        "rater.third_party": {"zh-CN": "第三方", "en": "third party"},
+    }
+)
+
+SCORE_LEVELS = (5, 4, 3, 2, 1)
+
+
+@dataclass(frozen=True)
+class Choice:
+    level: int
+    anchor: str
+
+
+@dataclass(frozen=True)
+class FormItem:
+    id: str
+    name: str
+    choices: list[Choice]
+    comment_required_for: list[int]
+    score: int | str | None
+    comment: str
+    errors: list[str]
+
+
+def own_assignment(
+    session: Session, request: Request, viewer: Viewer, assignment_id: int
+) -> services.AssignmentRow:
+    """The assignment, when it is the viewer's to fill; 404/403 pages otherwise."""
+    found = services.assignment(session, assignment_id)
+    locale = locale_of(request)
+    if found is None:
+        raise PageError(404, "not_found", i18n.translate("eval.no_form", locale, id=assignment_id))
+    if found.rater_id != viewer.person_id:
+        raise PageError(403, "forbidden", i18n.translate("eval.not_yours", locale))
+    return found
+
+
+def form_items(
+    cycle: Cycle,
+    rater_type: str,
+    locale: str,
+    answers: dict[str, tuple[int | str | None, str]],
+    errors: dict[str, list[str]],
+) -> list[FormItem]:
+    policy = engine.cycle_policy(cycle)
+    items = []
+    for ind in items_for(policy, rater_type):
+        score, comment = answers.get(ind.id, (None, ""))
+        choices = [
+            Choice(level, ind.anchors[level].zh_CN if locale == "zh-CN" else ind.anchors[level].en)
+            for level in SCORE_LEVELS
+            if level in ind.anchors
+        ]
+        items.append(
+            FormItem(
+                ind.id,
+                ind.name.get(locale),
+                choices,
+                sorted(ind.comment_required_for),
+                score,
+                comment,
+                errors.get(ind.id, []),
+            )
+        )
+    return items
+
+
+def parse_answers(form: FormData, item_ids: list[str]) -> dict[str, tuple[object, str]]:
+    """score.<item> and comment.<item> fields; every submitted score field becomes an answer, so
+    a tampered or unknown item is reported by the domain check rather than silently dropped."""
+    answers: dict[str, tuple[object, str]] = {}
+    for key, value in form.multi_items():
+        if not key.startswith("score.") or not isinstance(value, str):
+            continue
+        item = key.removeprefix("score.")
+        comment = form.get(f"comment.{item}", "")
+        answers[item] = (_score(value), comment if isinstance(comment, str) else "")
+    return answers
+
+
+def _score(text: str) -> object:
+    try:
+        return int(text.strip())
+    except ValueError:
+        return text
+
+
+@router.get("/evaluations", response_class=HTMLResponse)
+def evaluation_list(
+    request: Request,
+    cycle: int,
+    session: SessionDep,
+    viewer: ViewerDep,
+) -> HTMLResponse:
+    the_cycle = load_cycle(session, request, cycle)
+    return render(
+        request,
+        "evaluations.html",
+        {
+            "cycle": the_cycle,
+            "assignments": services.rater_assignments(session, cycle, viewer.person_id),
+            "stage": services.stage_instance(session, cycle, StageName.evaluation),
+        },
+    )
+
+
+def render_form(
+    request: Request,
+    session: Session,
+    found: services.AssignmentRow,
+    answers: dict[str, tuple[int | str | None, str]],
+    errors: dict[str, list[str]],
+    status_code: int = 200,
+) -> HTMLResponse:
+    cycle = load_cycle(session, request, found.cycle_id)
+    locale = locale_of(request)
+    return render(
+        request,
+        "evaluation_form.html",
+        {
+            "cycle": cycle,
+            "assignment": found,
+            "items": form_items(cycle, found.rater_type, locale, answers, errors),
+            "stage": services.stage_instance(session, cycle.id, StageName.evaluation),
+            "has_errors": bool(errors),
+            "general_errors": errors.get("", []),
+        },
+        status_code=status_code,
+    )
+
+
+@router.get("/evaluations/{assignment_id}", response_class=HTMLResponse)
+def evaluation_form(
+    request: Request,
+    assignment_id: int,
+    session: SessionDep,
+    viewer: ViewerDep,
+) -> HTMLResponse:
+    found = own_assignment(session, request, viewer, assignment_id)
+    saved = services.own_answers(session, assignment_id)
+    answers: dict[str, tuple[int | str | None, str]] = dict(saved.items())
+    return render_form(request, session, found, answers, {})
+
+
+@router.post("/evaluations/{assignment_id}", response_model=None)
+def submit_form(
+    request: Request,
+    assignment_id: int,
+    session: SessionDep,
+    viewer: ViewerDep,
+    form: CsrfForm,
+) -> Response:
+    found = own_assignment(session, request, viewer, assignment_id)
+    cycle = load_cycle(session, request, found.cycle_id)
+    if found.state == "submitted":
+        message = i18n.translate("eval.already_submitted", locale_of(request))
+        raise PageError(409, "eval.already_submitted", message)
+    require_open_stage(session, request, cycle, StageName.evaluation)
+    policy = engine.cycle_policy(cycle)
+    item_ids = [i.id for i in items_for(policy, found.rater_type)]
+    answers = parse_answers(form, item_ids)
+    try:
+        # Scores are checked (1..5 integers) by submit_evaluation before anything is written.
+        submit_evaluation(session, found.id, answers, viewer.person_id, policy)  # type: ignore[arg-type]
+    except InvalidInput as exc:
+        session.rollback()
+        shown = {
+            i: (a[0] if isinstance(a[0], int | str) else None, a[1]) for i, a in answers.items()
+        }
+        return render_form(request, session, found, shown, errors_by_item(exc, item_ids), 422)
+    if not any(
+        a.state == "pending"
+        for a in services.rater_assignments(session, cycle.id, viewer.person_id)
+    ):
+        # The evaluation link lists all of the rater's forms: it is used up with the last one.
+        use_up_link(session, request, "evaluation", cycle.id)
+    if engine.resume_reason(session, cycle) == "complete" and cycle.flow_run_id:
+        run_after_commit(request, lambda: resume_flow(cycle.flow_run_id or ""))
+    return RedirectResponse(f"/evaluations/{found.id}", status_code=303)
+
+
+def errors_by_item(exc: InvalidInput, item_ids: list[str]) -> dict[str, list[str]]:
+    """Each problem next to its item; problems about anything else go on top of the form."""
+    errors: dict[str, list[str]] = {}
+    for problem in exc.problems:
+        key = problem.field if problem.field in item_ids else ""
+        errors.setdefault(key, []).append(problem.message)
+    return errors
+
+
+def resume_flow(flow_run_id: str) -> None:
+    """Resume the cycle's run; if Prefect is unreachable the cycle clock resumes it later."""
+    from perfcycle import orchestrator  # imports Prefect: only when a stage completes
+
+    try:
+        resumed = orchestrator.resume(flow_run_id)
+    except Exception:
+        log.warning("could not resume flow run %s; cycle-clock will", flow_run_id, exc_info=True)
+        return
+    log.info("flow run %s resumed: %s", flow_run_id, resumed)

@@ -1,0 +1,204 @@
+"""Goal setting: the employee reviews and signs their goals; the manager approves or returns them.
+
+Links: `goals` (the employee's sheet) and `goals_approval` (a manager's digest) both open
+/goals?cycle=ID. Signing goes through perfcycle.stages.target_setting; this module only checks
+that the stage still accepts signatures and says why when it does not.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
+
+from perfcycle import clock
+from perfcycle.errors import InvalidInput
+from perfcycle.models import Cycle, StageName
+from perfcycle.portal import i18n, services
+from perfcycle.portal.deps import (
+    CsrfForm,
+    PageError,
+    SessionDep,
+    ViewerDep,
+    consume_task_token,
+    locale_of,
+    render,
+    session_task_token,
+)
+from perfcycle.stages.target_setting import approve_goals, return_goals, submit_goals
+
+router = APIRouter()
+
+i18n.add_messages(
+    {
+        "pages.cycle_label": {"zh-CN": "考核周期 {id} · {period}", "en": "Cycle {id} · {period}"},
+        "pages.no_such_cycle": {"zh-CN": "找不到考核周期 {id}。", "en": "There is no cycle {id}."},
+        "pages.due_at": {"zh-CN": "截止时间：{when}", "en": "Deadline: {when}"},
+        "pages.stage_closed": {"zh-CN": "阶段已结束", "en": "This stage is closed"},
+        "pages.stage_closed_text": {
+            "zh-CN": "“{stage}”阶段已于 {when} 截止，提交未被接受，未做任何更改。",
+            "en": "The {stage} stage closed at {when}; the submission was not accepted and "
+            "nothing was changed.",
+        },
+        "goals.title": {"zh-CN": "绩效目标", "en": "Goals"},
+        "goals.mine": {"zh-CN": "我的目标", "en": "My goals"},
+        "goals.team": {"zh-CN": "团队目标审批", "en": "Your team's goals"},
+        "goals.none": {"zh-CN": "您在本周期没有目标。", "en": "You have no goals in this cycle."},
+        "goals.indicator": {"zh-CN": "指标", "en": "Indicator"},
+        "goals.category": {"zh-CN": "类别", "en": "Category"},
+        "goals.target": {"zh-CN": "目标值", "en": "Target"},
+        "goals.weight": {"zh-CN": "权重", "en": "Weight"},
+        "goals.locked": {"zh-CN": "锁定（政策规定）", "en": "locked (set by the policy)"},
+        "goals.total_weight": {"zh-CN": "权重合计：{total}%", "en": "Total weight: {total}%"},
+        "goals.state.proposed": {"zh-CN": "待员工确认", "en": "waiting for the employee"},
+        "goals.state.submitted": {"zh-CN": "待经理审批", "en": "waiting for the manager"},
+        "goals.state.agreed": {"zh-CN": "已达成一致", "en": "agreed"},
+        "goals.state.none": {"zh-CN": "无目标", "en": "no goals"},
+        "goals.signed_employee": {
+            "zh-CN": "员工签署：{when}",
+            "en": "Signed by the employee: {when}",
+        },
+        "goals.signed_manager": {
+            "zh-CN": "经理签署：{when}",
+            "en": "Signed by the manager: {when}",
+        },
+        "goals.not_signed": {"zh-CN": "未签署", "en": "not signed"},
+        "goals.submit": {"zh-CN": "确认并提交给经理", "en": "Sign and send to my manager"},
+        "goals.approve": {"zh-CN": "批准", "en": "Approve"},
+        "goals.return": {"zh-CN": "退回修改", "en": "Return"},
+        "goals.return_comment": {"zh-CN": "退回原因（必填）", "en": "Why (required)"},
+        "goals.no_team": {
+            "zh-CN": "本周期没有需要您审批的下属目标。",
+            "en": "None of your reports take part in this cycle.",
+        },
+        "goals.saved": {"zh-CN": "已保存。", "en": "Saved."},
+    }
+)
+
+
+def load_cycle(session: Session, request: Request, cycle_id: int) -> Cycle:
+    cycle = services.cycle_or_none(session, cycle_id)
+    if cycle is None:
+        message = i18n.translate("pages.no_such_cycle", locale_of(request), id=cycle_id)
+        raise PageError(404, "not_found", message)
+    return cycle
+
+
+def form_int(form: FormData, name: str) -> int:
+    value = form.get(name)
+    if not isinstance(value, str) or not value.strip().isdigit():
+        raise PageError(400, "bad_form", f"{name}: expected a number, got {value!r}")
+    return int(value)
+
+
+def form_text(form: FormData, name: str) -> str:
+    value = form.get(name, "")
+    return value if isinstance(value, str) else ""
+
+
+def require_open_stage(session: Session, request: Request, cycle: Cycle, stage: str) -> None:
+    """Refuse (409) a submission to a stage that is closed or past its deadline."""
+    inst = services.stage_instance(session, cycle.id, stage)
+    now = clock.now()
+    if inst is not None and inst.state == "open" and now < inst.due_at:
+        return
+    when = (inst.closed_at or inst.due_at) if inst is not None else now
+    message = i18n.translate(
+        "pages.stage_closed_text",
+        locale_of(request),
+        stage=stage,
+        when=when.strftime("%Y-%m-%d %H:%M UTC"),
+    )
+    raise PageError(409, "pages.stage_closed", message)
+
+
+def use_up_link(session: Session, request: Request, task_kind: str, cycle_id: int) -> None:
+    """Use up the task's link this browser came from, if it is still unused.
+
+    Once used, the link has done its job; the signed session carries on (a returned sheet is
+    signed again, a manager approves a late report), so an already used link is no refusal here.
+    """
+    row = session_task_token(session, request, task_kind, cycle_id)
+    if row is not None and row.used_at is None:
+        consume_task_token(session, request, task_kind, cycle_id)
+
+
+def invalid(exc: InvalidInput) -> PageError:
+    return PageError(422, "invalid_input", "; ".join(str(p) for p in exc.problems))
+
+
+@router.get("/goals", response_class=HTMLResponse)
+def goals_page(
+    request: Request,
+    cycle: int,
+    session: SessionDep,
+    viewer: ViewerDep,
+) -> HTMLResponse:
+    the_cycle = load_cycle(session, request, cycle)
+    mine = services.goal_sheet(session, cycle, viewer.person_id)
+    team = services.team_goal_sheets(session, cycle, viewer.person_id)
+    stage = services.stage_instance(session, cycle, StageName.target_setting)
+    accepting = stage is not None and stage.state == "open" and clock.now() < stage.due_at
+    return render(
+        request,
+        "goals.html",
+        {
+            "cycle": the_cycle,
+            "mine": mine,
+            "team": team,
+            "stage": stage,
+            "accepting": accepting,
+            "saved": request.query_params.get("saved") == "1",
+        },
+    )
+
+
+@router.post("/goals/submit")
+def submit(
+    request: Request,
+    session: SessionDep,
+    viewer: ViewerDep,
+    form: CsrfForm,
+) -> Response:
+    cycle = load_cycle(session, request, form_int(form, "cycle"))
+    require_open_stage(session, request, cycle, StageName.target_setting)
+    try:
+        submit_goals(session, cycle.id, viewer.person_id, actor=viewer.person_id)
+    except InvalidInput as exc:
+        raise invalid(exc) from exc
+    use_up_link(session, request, "goals", cycle.id)
+    return RedirectResponse(f"/goals?cycle={cycle.id}&saved=1", status_code=303)
+
+
+@router.post("/goals/review")
+def review(
+    request: Request,
+    session: SessionDep,
+    viewer: ViewerDep,
+    form: CsrfForm,
+) -> Response:
+    """The manager approves (decision=approve) or returns (decision=return, comment) one sheet."""
+    cycle = load_cycle(session, request, form_int(form, "cycle"))
+    employee_id = form_text(form, "employee")
+    decision = form_text(form, "decision")
+    if decision not in ("approve", "return"):
+        raise PageError(400, "bad_form", f"decision: expected approve or return, got {decision!r}")
+    require_open_stage(session, request, cycle, StageName.target_setting)
+    try:
+        if decision == "approve":
+            approve_goals(session, cycle.id, employee_id, actor=viewer.person_id)
+        else:
+            comment = form_text(form, "comment")
+            return_goals(session, cycle.id, employee_id, comment=comment, actor=viewer.person_id)
+    except InvalidInput as exc:
+        raise invalid(exc) from exc
+    # The approval link lists the whole team: it is used up when nothing is left to review.
+    waiting = [
+        s
+        for s in services.team_goal_sheets(session, cycle.id, viewer.person_id)
+        if s.state == "submitted"
+    ]
+    if not waiting:
+        use_up_link(session, request, "goals_approval", cycle.id)
+    return RedirectResponse(f"/goals?cycle={cycle.id}&saved=1", status_code=303)

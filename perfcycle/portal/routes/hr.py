@@ -1,0 +1,174 @@
+"""HR's progress view of a cycle: completion per stage and department, who is overdue, remind now.
+
+"Remind now" writes one reminder mail per person with pending work through perfcycle.notify
+(the outbox), keyed by the minute: a double click sends nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from perfcycle import audit, clock, engine, status
+from perfcycle.models import Cycle, Employee
+from perfcycle.notify import ListedTask, Recipient, TaskLink, notify
+from perfcycle.portal import i18n, services
+from perfcycle.portal.deps import (
+    CsrfForm,
+    PageError,
+    SessionDep,
+    Viewer,
+    locale_of,
+    render,
+    require_roles,
+)
+from perfcycle.portal.routes.goals import load_cycle
+from perfcycle.reminders import describe
+from perfcycle.settings import get_settings
+
+router = APIRouter()
+
+i18n.add_messages(
+    {
+        "hr.title": {"zh-CN": "考核进度", "en": "Cycle progress"},
+        "hr.cycles": {"zh-CN": "考核周期", "en": "Cycles"},
+        "hr.stage": {"zh-CN": "阶段", "en": "Stage"},
+        "hr.state": {"zh-CN": "状态", "en": "State"},
+        "hr.due": {"zh-CN": "截止", "en": "Due"},
+        "hr.done": {"zh-CN": "完成", "en": "Done"},
+        "hr.department": {"zh-CN": "部门", "en": "Department"},
+        "hr.overdue": {"zh-CN": "逾期未完成", "en": "Overdue"},
+        "hr.no_overdue": {"zh-CN": "没有逾期任务。", "en": "Nothing is overdue."},
+        "hr.person": {"zh-CN": "人员", "en": "Person"},
+        "hr.task": {"zh-CN": "任务", "en": "Task"},
+        "hr.remind": {"zh-CN": "立即发送提醒", "en": "Remind now"},
+        "hr.remind_intro": {
+            "zh-CN": "向当前阶段所有未完成任务的人员发送提醒邮件（通过发件队列）。",
+            "en": "Mail a reminder to everyone with unfinished work in the open stages "
+            "(through the outbox).",
+        },
+        "hr.reminded": {"zh-CN": "已排队 {n} 封提醒邮件。", "en": "{n} reminder mails queued."},
+        "hr.flow_run": {"zh-CN": "在 Prefect 中查看流程运行", "en": "Open the flow run in Prefect"},
+        "hr.no_cycles": {"zh-CN": "还没有考核周期。", "en": "No cycles yet."},
+    }
+)
+
+HrAdmin = Annotated[Viewer, Depends(require_roles("hr_admin"))]
+
+
+@router.get("/hr/cycles", response_class=HTMLResponse)
+def cycle_list(
+    request: Request,
+    session: SessionDep,
+    viewer: HrAdmin,
+) -> HTMLResponse:
+    return render(request, "hr_cycles.html", {"cycles": status.cycle_list(session)})
+
+
+@router.get("/hr/cycles/{cycle_id}", response_class=HTMLResponse)
+def progress_page(
+    request: Request,
+    cycle_id: int,
+    session: SessionDep,
+    viewer: HrAdmin,
+) -> HTMLResponse:
+    cycle = load_cycle(session, request, cycle_id)
+    progress = services.hr_progress(session, cycle, clock.now(), locale_of(request))
+    flow_run_url = (
+        f"{get_settings().prefect_ui_url.rstrip('/')}/runs/flow-run/{cycle.flow_run_id}"
+        if cycle.flow_run_id
+        else None
+    )
+    reminded = request.query_params.get("reminded")
+    return render(
+        request,
+        "hr_progress.html",
+        {
+            "progress": progress,
+            "flow_run_url": flow_run_url,
+            "reminded": int(reminded) if reminded and reminded.isdigit() else None,
+        },
+    )
+
+
+@router.post("/hr/cycles/{cycle_id}/remind")
+def remind_now(
+    request: Request,
+    cycle_id: int,
+    session: SessionDep,
+    viewer: HrAdmin,
+    form: CsrfForm,
+) -> Response:
+    cycle = load_cycle(session, request, cycle_id)
+    if cycle.state != "running":
+        raise PageError(409, "pages.stage_closed", f"cycle {cycle.id} is {cycle.state}")
+    queued = enqueue_manual_reminders(session, cycle, actor=viewer.person_id)
+    return RedirectResponse(f"/hr/cycles/{cycle.id}?reminded={queued}", status_code=303)
+
+
+def enqueue_manual_reminders(session: Session, cycle: Cycle, *, actor: str) -> int:
+    """One `reminder` mail per person with pending work in the cycle's open stages."""
+    policy = engine.cycle_policy(cycle)
+    tasks: dict[str, list[tuple[Any, Any]]] = defaultdict(list)
+    for inst in services.open_people_stages(session, cycle):
+        for person_id, pending in services.pending_work(session, cycle, policy, inst).items():
+            tasks[person_id] += [(inst, task) for task in pending]
+    people = {
+        e.id: e
+        for e in session.scalars(select(Employee).where(Employee.id.in_(sorted(tasks))))
+        if e.active
+    }
+    recipients = [
+        _reminder_for(cycle, policy, people[person_id], listed)
+        for person_id, listed in sorted(tasks.items())
+        if person_id in people
+    ]
+    now = clock.now()
+    queued = notify(
+        session,
+        cycle,
+        policy,
+        "reminder",
+        recipients,
+        f"manual:{now.strftime('%Y-%m-%dT%H:%M')}",
+    )
+    audit.record(
+        session,
+        actor=actor,
+        action="reminders.sent_now",
+        subject=f"cycle:{cycle.id}",
+        cycle_id=cycle.id,
+        after={"people": len(recipients), "mails": queued},
+    )
+    return queued
+
+
+def _reminder_for(cycle: Cycle, policy: Any, person: Employee, listed: list[Any]) -> Recipient:
+    listed = sorted(listed, key=lambda pair: pair[0].due_at)
+    entries = [
+        ListedTask(
+            {
+                "cycle_id": cycle.id,
+                "period": cycle.period,
+                "cycle_title": policy.title.get(person.locale),
+                "stage": inst.name,
+                "what": describe(task, person.locale),
+                "action": task.action,
+                "role": task.role.value,
+                "pages.due_at": inst.due_at,
+            },
+            TaskLink(task.kind, task.ref, cycle.id, inst.due_at),
+        )
+        for inst, task in listed
+    ]
+    return Recipient.person(
+        listed[0][1].role,
+        person,
+        context={"count": len(entries), "pages.due_at": listed[0][0].due_at},
+        tasks=entries,
+    )

@@ -1,0 +1,587 @@
+"""Read models of the portal pages: queries only. Every write goes through the domain services.
+
+Privacy rules live here, not in templates: a rater's view holds only their own answers, and a
+ratee's view holds rater groups only as aggregates over at least the policy's anonymity threshold.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from perfcycle import audit, engine
+from perfcycle.models import (
+    Appeal,
+    AuditEvent,
+    Cycle,
+    Department,
+    Employee,
+    Evaluation,
+    Goal,
+    ImprovementPlan,
+    Interview,
+    MetricValue,
+    Participant,
+    RaterAssignment,
+    Result,
+    StageInstance,
+    StageName,
+)
+from perfcycle.policy import PEOPLE_STAGES, Policy, RatedIndicator
+from perfcycle.reminders import describe
+from perfcycle.stages.base import PendingWork
+
+AUDIT_PAGE_SIZE = 50
+
+
+# ---------------------------------------------------------------- cycles and people
+
+
+def cycle_or_none(session: Session, cycle_id: int) -> Cycle | None:
+    return session.get(Cycle, cycle_id)
+
+
+def is_participant(session: Session, cycle_id: int, employee_id: str) -> bool:
+    found = session.scalar(
+        select(Participant.id).where(
+            Participant.cycle_id == cycle_id, Participant.employee_id == employee_id
+        )
+    )
+    return found is not None
+
+
+def stage_instance(session: Session, cycle_id: int, name: str) -> StageInstance | None:
+    return session.scalar(
+        select(StageInstance).where(StageInstance.cycle_id == cycle_id, StageInstance.name == name)
+    )
+
+
+def names_of(session: Session, ids: set[str]) -> dict[str, str]:
+    if not ids:
+        return {}
+    rows = session.execute(select(Employee.id, Employee.name).where(Employee.id.in_(sorted(ids))))
+    return {i: n for i, n in rows.tuples()}
+
+
+# ---------------------------------------------------------------- goals
+
+
+@dataclass(frozen=True)
+class GoalRow:
+    id: int
+    indicator_id: str
+    category: str
+    title: str
+    target: float | None
+    weight: float
+    locked: bool
+    state: str
+    employee_signed_at: datetime | None
+    manager_signed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class GoalSheet:
+    """One employee's goals in one cycle: what both sides sign."""
+
+    employee_id: str
+    name: str
+    goals: list[GoalRow]
+
+    @property
+    def state(self) -> str:
+        """The sheet's state: the least advanced of its goals."""
+        states = {g.state for g in self.goals}
+        for state in ("proposed", "submitted", "agreed"):
+            if state in states:
+                return state
+        return "none"
+
+    @property
+    def total_weight(self) -> float:
+        return sum(g.weight for g in self.goals)
+
+    @property
+    def employee_signed_at(self) -> datetime | None:
+        return _latest(g.employee_signed_at for g in self.goals)
+
+    @property
+    def manager_signed_at(self) -> datetime | None:
+        return _latest(g.manager_signed_at for g in self.goals)
+
+
+def _latest(moments: Any) -> datetime | None:
+    present = [m for m in moments if m is not None]
+    return max(present) if present else None
+
+
+def _goal_row(g: Goal) -> GoalRow:
+    return GoalRow(
+        g.id,
+        g.indicator_id,
+        g.category,
+        g.title,
+        g.target,
+        g.weight,
+        g.locked,
+        g.state,
+        g.employee_signed_at,
+        g.manager_signed_at,
+    )
+
+
+def goal_sheet(session: Session, cycle_id: int, employee_id: str) -> GoalSheet:
+    goals = session.scalars(
+        select(Goal)
+        .where(Goal.cycle_id == cycle_id, Goal.employee_id == employee_id)
+        .order_by(Goal.id)
+    )
+    name = names_of(session, {employee_id}).get(employee_id, employee_id)
+    return GoalSheet(employee_id, name, [_goal_row(g) for g in goals])
+
+
+def team_goal_sheets(session: Session, cycle_id: int, manager_id: str) -> list[GoalSheet]:
+    """The goal sheets of the manager's reports in the cycle (as the cycle recorded them)."""
+    reports = session.scalars(
+        select(Participant.employee_id)
+        .where(Participant.cycle_id == cycle_id, Participant.manager_id == manager_id)
+        .order_by(Participant.employee_id)
+    ).all()
+    return [goal_sheet(session, cycle_id, r) for r in reports]
+
+
+def manager_in_cycle(session: Session, cycle_id: int, employee_id: str) -> str | None:
+    return session.scalar(
+        select(Participant.manager_id).where(
+            Participant.cycle_id == cycle_id, Participant.employee_id == employee_id
+        )
+    )
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class AssignmentRow:
+    id: int
+    cycle_id: int
+    rater_id: str
+    ratee_id: str
+    ratee_name: str
+    rater_type: str
+    state: str
+    submitted_at: datetime | None
+
+
+def rater_assignments(session: Session, cycle_id: int, rater_id: str) -> list[AssignmentRow]:
+    rows = session.execute(
+        select(RaterAssignment, Employee.name)
+        .join(Employee, Employee.id == RaterAssignment.ratee_id)
+        .where(RaterAssignment.cycle_id == cycle_id, RaterAssignment.rater_id == rater_id)
+        .order_by(Employee.name, RaterAssignment.id)
+    ).tuples()
+    return [_assignment_row(a, name) for a, name in rows]
+
+
+def assignment(session: Session, assignment_id: int) -> AssignmentRow | None:
+    row = session.execute(
+        select(RaterAssignment, Employee.name)
+        .join(Employee, Employee.id == RaterAssignment.ratee_id)
+        .where(RaterAssignment.id == assignment_id)
+    ).first()
+    return _assignment_row(*row.tuple()) if row is not None else None
+
+
+def _assignment_row(a: RaterAssignment, ratee_name: str) -> AssignmentRow:
+    return AssignmentRow(
+        a.id, a.cycle_id, a.rater_id, a.ratee_id, ratee_name, a.rater_type, a.state, a.submitted_at
+    )
+
+
+def own_answers(session: Session, assignment_id: int) -> dict[str, tuple[int, str]]:
+    """The answers of one assignment: only ever shown to that assignment's rater."""
+    rows = session.execute(
+        select(Evaluation.item, Evaluation.score, Evaluation.comment).where(
+            Evaluation.assignment_id == assignment_id
+        )
+    ).tuples()
+    return {item: (score, comment) for item, score, comment in rows}
+
+
+# ---------------------------------------------------------------- transparency
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    metric: str
+    value: float
+    source: str
+    evidence: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RaterGroup:
+    """One rater type's answers about one ratee, aggregated; None scores when too few answered."""
+
+    rater_type: str
+    answered: int
+    shown: bool
+    # item -> mean score 1..5 over the group's raters; empty unless shown.
+    item_means: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResultView:
+    indicators: dict[str, Any]
+    categories: dict[str, Any]
+    total: float
+    grade: str
+    released_at: datetime
+
+
+@dataclass(frozen=True)
+class Transparency:
+    cycle_id: int
+    employee_id: str
+    goals: GoalSheet
+    metrics: list[MetricRow]
+    result: ResultView | None
+    rater_groups: list[RaterGroup]
+    threshold: int
+
+
+def metric_rows(session: Session, cycle_id: int, employee_id: str) -> list[MetricRow]:
+    rows = session.scalars(
+        select(MetricValue)
+        .where(MetricValue.cycle_id == cycle_id, MetricValue.employee_id == employee_id)
+        .order_by(MetricValue.metric)
+    )
+    return [MetricRow(m.metric, m.value, m.source, dict(m.evidence or {})) for m in rows]
+
+
+def released_result(session: Session, cycle_id: int, employee_id: str) -> ResultView | None:
+    """The employee's scores and grade, only once released (calibration may still change them)."""
+    r = session.scalar(
+        select(Result).where(Result.cycle_id == cycle_id, Result.employee_id == employee_id)
+    )
+    if r is None or r.released_at is None:
+        return None
+    return ResultView(dict(r.indicators), dict(r.categories), r.total, r.grade, r.released_at)
+
+
+def rater_groups(
+    session: Session, cycle_id: int, ratee_id: str, threshold: int
+) -> list[RaterGroup]:
+    """Submitted answers per rater type; scores only where at least `threshold` raters answered.
+
+    Counting and averaging happen in SQL, so no individual answer ever reaches the page.
+    """
+    ra, ev = RaterAssignment, Evaluation
+    answered = dict(
+        session.execute(
+            select(ra.rater_type, func.count(ra.id))
+            .where(ra.cycle_id == cycle_id, ra.ratee_id == ratee_id, ra.state == "submitted")
+            .group_by(ra.rater_type)
+        )
+        .tuples()
+        .all()
+    )
+    means: dict[str, dict[str, float]] = defaultdict(dict)
+    shown_types = [t for t, n in answered.items() if n >= threshold]
+    if shown_types:
+        rows = session.execute(
+            select(ra.rater_type, ev.item, func.avg(ev.score))
+            .join(ev, ev.assignment_id == ra.id)
+            .where(
+                ra.cycle_id == cycle_id,
+                ra.ratee_id == ratee_id,
+                ra.state == "submitted",
+                ra.rater_type.in_(shown_types),
+            )
+            .group_by(ra.rater_type, ev.item)
+        ).tuples()
+        for rater_type, item, mean in rows:
+            means[rater_type][item] = float(mean)
+    return [
+        RaterGroup(t, n, n >= threshold, dict(sorted(means[t].items())))
+        for t, n in sorted(answered.items())
+    ]
+
+
+def transparency(session: Session, cycle: Cycle, employee_id: str) -> Transparency:
+    policy = engine.cycle_policy(cycle)
+    result = released_result(session, cycle.id, employee_id)
+    groups = (
+        rater_groups(session, cycle.id, employee_id, policy.anonymity_threshold)
+        if result is not None
+        else []
+    )
+    return Transparency(
+        cycle.id,
+        employee_id,
+        goal_sheet(session, cycle.id, employee_id),
+        metric_rows(session, cycle.id, employee_id),
+        result,
+        groups,
+        policy.anonymity_threshold,
+    )
+
+
+def cycles_of(session: Session, employee_id: str) -> list[Cycle]:
+    """The cycles the person takes part in, newest first."""
+    return list(
+        session.scalars(
+            select(Cycle)
+            .join(Participant, Participant.cycle_id == Cycle.id)
+            .where(Participant.employee_id == employee_id)
+            .order_by(Cycle.id.desc())
+        )
+    )
+
+
+def rated_item_names(policy: Policy, locale: str) -> dict[str, str]:
+    return {
+        ind.id: ind.name.get(locale) for ind in policy.indicators if isinstance(ind, RatedIndicator)
+    }
+
+
+# ---------------------------------------------------------------- HR progress
+
+
+@dataclass(frozen=True)
+class DepartmentProgress:
+    department_id: str
+    name: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class StageProgress:
+    name: str
+    state: str
+    due_at: datetime | None
+    done: int
+    total: int
+    attempt: int
+    departments: list[DepartmentProgress]
+
+
+@dataclass(frozen=True)
+class OverdueTask:
+    person_id: str
+    name: str
+    department: str
+    stage: str
+    what: str
+    due_at: datetime
+
+
+@dataclass(frozen=True)
+class HrProgress:
+    cycle: Cycle
+    stages: list[StageProgress]
+    overdue: list[OverdueTask]
+
+
+# stage -> (model, its employee column, states that count as done); must agree with the handlers'
+# progress() so the department rows add up to the stage's total.
+_UNITS: dict[str, tuple[Any, Any, tuple[str, ...]]] = {
+    StageName.interview: (Interview, Interview.employee_id, ("acknowledged",)),
+    StageName.improvement: (ImprovementPlan, ImprovementPlan.employee_id, ("closed",)),
+    StageName.appeal: (Appeal, Appeal.employee_id, ("accepted", "decided")),
+}
+
+
+def _department_counts(session: Session, cycle_id: int, stage: str) -> dict[str, tuple[int, int]]:
+    """department id -> (done, total) of the stage's units of work, by the ratee's department."""
+    p = Participant
+    if stage == StageName.target_setting:
+        open_people = (
+            select(Goal.employee_id)
+            .where(Goal.cycle_id == cycle_id, Goal.state != "agreed")
+            .distinct()
+            .scalar_subquery()
+        )
+        rows = session.execute(
+            select(
+                p.department_id,
+                func.count(p.id),
+                func.count(p.id).filter(p.employee_id.not_in(open_people)),
+            )
+            .where(p.cycle_id == cycle_id)
+            .group_by(p.department_id)
+        ).tuples()
+        return {d: (done, total) for d, total, done in rows}
+    if stage == StageName.evaluation:
+        ra = RaterAssignment
+        rows = session.execute(
+            select(
+                p.department_id,
+                func.count(ra.id).filter(ra.state.in_(["pending", "submitted"])),
+                func.count(ra.id).filter(ra.state == "submitted"),
+            )
+            .join(p, (p.cycle_id == ra.cycle_id) & (p.employee_id == ra.ratee_id))
+            .where(ra.cycle_id == cycle_id)
+            .group_by(p.department_id)
+        ).tuples()
+        return {d: (done, total) for d, total, done in rows}
+    unit = _UNITS.get(stage)
+    if unit is None:
+        return {}
+    model, employee_column, done_states = unit
+    rows = session.execute(
+        select(
+            p.department_id,
+            func.count(model.id),
+            func.count(model.id).filter(model.state.in_(done_states)),
+        )
+        .join(p, (p.cycle_id == model.cycle_id) & (p.employee_id == employee_column))
+        .where(model.cycle_id == cycle_id)
+        .group_by(p.department_id)
+    ).tuples()
+    return {d: (done, total) for d, total, done in rows}
+
+
+def hr_progress(session: Session, cycle: Cycle, now: datetime, locale: str) -> HrProgress:
+    policy = engine.cycle_policy(cycle)
+    instances = engine.stage_instances(session, cycle.id)
+    departments = dict(session.execute(select(Department.id, Department.name)).tuples().all())
+    stages: list[StageProgress] = []
+    for stage in policy.stages:
+        inst = instances.get(stage.name)
+        if inst is None:
+            stages.append(StageProgress(stage.name, "pending", None, 0, 0, 1, []))
+            continue
+        progress = engine.handler_for(stage.name).progress(session, cycle, policy, inst)
+        by_department = [
+            DepartmentProgress(d, departments.get(d, d), done, total)
+            for d, (done, total) in sorted(
+                _department_counts(session, cycle.id, stage.name).items()
+            )
+        ]
+        stages.append(
+            StageProgress(
+                stage.name,
+                inst.state,
+                inst.due_at,
+                progress.done,
+                progress.total,
+                inst.attempt,
+                by_department,
+            )
+        )
+    return HrProgress(cycle, stages, overdue_tasks(session, cycle, policy, now, locale))
+
+
+def open_people_stages(session: Session, cycle: Cycle) -> list[StageInstance]:
+    return list(
+        session.scalars(
+            select(StageInstance)
+            .where(
+                StageInstance.cycle_id == cycle.id,
+                StageInstance.state == "open",
+                StageInstance.name.in_([s.value for s in PEOPLE_STAGES]),
+            )
+            .order_by(StageInstance.position)
+        )
+    )
+
+
+def pending_work(
+    session: Session, cycle: Cycle, policy: Policy, inst: StageInstance
+) -> dict[str, list[Any]]:
+    handler = engine.handler_for(inst.name)
+    if not isinstance(handler, PendingWork):
+        return {}
+    return dict(handler.pending(session, cycle, policy, inst))
+
+
+def overdue_tasks(
+    session: Session, cycle: Cycle, policy: Policy, now: datetime, locale: str
+) -> list[OverdueTask]:
+    """Unfinished personal tasks of open stages whose deadline has passed."""
+    if cycle.state != "running":
+        return []
+    found: list[tuple[str, str, StageInstance, Any]] = []
+    for inst in open_people_stages(session, cycle):
+        if now < inst.due_at:
+            continue
+        for person_id, tasks in pending_work(session, cycle, policy, inst).items():
+            found += [(person_id, inst.name, inst, t) for t in tasks]
+    people = {
+        e.id: e
+        for e in session.scalars(
+            select(Employee).where(Employee.id.in_(sorted({f[0] for f in found})))
+        )
+    }
+    departments = dict(session.execute(select(Department.id, Department.name)).tuples().all())
+    rows = []
+    for person_id, stage, inst, task in found:
+        person = people.get(person_id)
+        rows.append(
+            OverdueTask(
+                person_id,
+                person.name if person else person_id,
+                departments.get(person.department_id, "") if person else "",
+                stage,
+                describe(task, locale),
+                inst.due_at,
+            )
+        )
+    return sorted(rows, key=lambda r: (r.due_at, r.department, r.name))
+
+
+# ---------------------------------------------------------------- audit
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    cycle_id: int | None = None
+    person: str = ""
+    action: str = ""
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    events: list[AuditEvent]
+    page: int
+    pages: int
+    total: int
+
+
+def audit_page(session: Session, wanted: AuditFilter, page: int) -> AuditPage:
+    """Newest first; `person` matches the actor or appears in the subject."""
+    conditions: list[Any] = []
+    if wanted.cycle_id is not None:
+        conditions.append(AuditEvent.cycle_id == wanted.cycle_id)
+    if wanted.person:
+        conditions.append(
+            or_(AuditEvent.actor == wanted.person, AuditEvent.subject.contains(wanted.person))
+        )
+    if wanted.action:
+        conditions.append(AuditEvent.action.startswith(wanted.action))
+    total = session.scalar(select(func.count()).select_from(AuditEvent).where(*conditions)) or 0
+    pages = max(1, -(-total // AUDIT_PAGE_SIZE))
+    page = min(max(1, page), pages)
+    events = session.scalars(
+        select(AuditEvent)
+        .where(*conditions)
+        .order_by(AuditEvent.id.desc())
+        .offset((page - 1) * AUDIT_PAGE_SIZE)
+        .limit(AUDIT_PAGE_SIZE)
+    ).all()
+    return AuditPage(list(events), page, pages, total)
+
+
+def audit_actions(session: Session) -> list[str]:
+    return list(session.scalars(select(AuditEvent.action).distinct().order_by(AuditEvent.action)))
+
+
+def verify_chain(session: Session) -> audit.VerifyReport:
+    return audit.verify(session)
