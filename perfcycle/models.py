@@ -238,6 +238,17 @@ class Evaluation(Base):
     )
 
 
+class EvaluationDraft(Base):
+    """A rater's unfinished form: partial answers kept until they submit (then deleted)."""
+
+    __tablename__ = "evaluation_drafts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("rater_assignments.id"), unique=True)
+    # {item: {"score": 1..5 or null, "comment": str}}
+    answers: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    saved_at: Mapped[datetime]
+
+
 # ---------------------------------------------------------------- scoring and calibration
 
 

@@ -26,6 +26,7 @@ from perfcycle.db import session_scope
 from perfcycle.models import (
     AuditEvent,
     Evaluation,
+    EvaluationDraft,
     Goal,
     OutboxMessage,
     Participant,
@@ -590,3 +591,52 @@ def test_the_audit_log_is_closed_to_people_without_the_role(db_url: str, cycle: 
     employee, _ = first_report(db_url, cycle)
     client = signed_in(db_url, employee, cycle, "goals", "target_setting:1")
     assert client.get("/audit").status_code == 403
+
+
+def draft_of(url: str, assignment_id: int) -> dict[str, Any] | None:
+    with session_scope(url) as s:
+        draft = s.scalar(select(EvaluationDraft).where(
+            EvaluationDraft.assignment_id == assignment_id))
+        return None if draft is None else dict(draft.answers)
+
+
+def test_a_rater_saves_a_draft_comes_back_to_it_and_submitting_clears_it(
+    db_url: str, cycle: int
+) -> None:
+    at_evaluation(db_url, cycle)
+    mine = next(a for a in pending_of(db_url, cycle) if a.rater_type == "peer")
+    client = signed_in(db_url, mine.rater_id, cycle, "evaluation", "evaluation:1")
+    with session_scope(db_url) as s:
+        policy = engine.cycle_policy(engine.get_cycle(s, cycle))
+    items = items_for(policy, mine.rater_type)
+    first, second = items[0], items[1]
+    token = csrf_of(client.get(f"/evaluations/{mine.id}").text)
+
+    partial = {"csrf_token": token, "action": "draft", f"score.{first.id}": "4",
+               f"comment.{second.id}": "还没想好分数"}
+    saved = client.post(f"/evaluations/{mine.id}", data=partial)
+    assert saved.status_code == 303 and saved.headers["location"].endswith("?draft=saved")
+    assert draft_of(db_url, mine.id) == {
+        first.id: {"score": 4, "comment": ""},
+        second.id: {"score": None, "comment": "还没想好分数"},
+    }
+    assert (saved_answers(db_url, mine.id), state_of(db_url, mine.id)) == (0, "pending")
+
+    again = client.get(f"/evaluations/{mine.id}?draft=saved")
+    assert t("eval.draft_saved") in again.text
+    assert f'name="score.{first.id}" value="4" checked' in again.text
+    assert "还没想好分数" in again.text
+
+    bad = client.post(f"/evaluations/{mine.id}",
+                      data={**partial, f"score.{first.id}": "7"})
+    assert bad.status_code == 422
+    assert draft_of(db_url, mine.id) == {
+        first.id: {"score": 4, "comment": ""},
+        second.id: {"score": None, "comment": "还没想好分数"},
+    }
+
+    answers: dict[str, tuple[int | str, str]] = {i.id: (3, "") for i in items}
+    done = client.post(f"/evaluations/{mine.id}", data=form_of(answers, token))
+    assert done.status_code == 303
+    assert state_of(db_url, mine.id) == "submitted"
+    assert draft_of(db_url, mine.id) is None

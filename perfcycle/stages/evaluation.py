@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Table, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -24,6 +24,7 @@ from perfcycle.models import (
     Cycle,
     Employee,
     Evaluation,
+    EvaluationDraft,
     Participant,
     RaterAssignment,
     RaterType,
@@ -476,6 +477,7 @@ def submit_evaluation(
     )
     assignment.state = SUBMITTED
     assignment.submitted_at = clock.now()
+    session.execute(delete(EvaluationDraft).where(EvaluationDraft.assignment_id == assignment.id))
     audit.record(
         session,
         actor=actor,
@@ -488,6 +490,54 @@ def submit_evaluation(
             "scores": {item: score for item, (score, _) in answers.items()},
         },
     )
+
+
+def save_draft(
+    session: Session,
+    assignment_id: int,
+    answers: Mapping[str, tuple[int | None, str]],
+    actor: str,
+    policy: Policy,
+) -> None:
+    """Keep a rater's partial form. Only the rater, only while pending; scores may be missing."""
+    assignment = session.get(RaterAssignment, assignment_id)
+    if assignment is None:
+        raise InvalidInput([Problem(f"no evaluation assignment {assignment_id}",
+                                    field="assignment")])
+    problems: list[Problem] = []
+    if actor != assignment.rater_id:
+        problems.append(Problem("only the rater can save this form", field="actor"))
+    state_problem = _state_problem(assignment.state)
+    if state_problem:
+        problems.append(Problem(state_problem, field="assignment"))
+    known = {i.id for i in items_for(policy, assignment.rater_type)}
+    for item, (score, _comment) in answers.items():
+        if item not in known:
+            problems.append(Problem(f"'{item}' is not an item of this form", field=item))
+        elif score is not None and _score_problem(score):
+            problems.append(Problem(_score_problem(score) or "", field=item))
+    if problems:
+        raise InvalidInput(problems)
+    stored = {item: {"score": score, "comment": comment}
+              for item, (score, comment) in answers.items()}
+    draft = session.scalar(select(EvaluationDraft).where(
+        EvaluationDraft.assignment_id == assignment_id))
+    if draft is None:
+        session.add(EvaluationDraft(assignment_id=assignment_id, answers=stored,
+                                    saved_at=clock.now()))
+    else:
+        draft.answers, draft.saved_at = stored, clock.now()
+    audit.record(session, actor=actor, action="evaluation.draft_saved",
+                 subject=f"assignment:{assignment_id}", cycle_id=assignment.cycle_id,
+                 after={"items": sorted(stored)})
+
+
+def load_draft(session: Session, assignment_id: int) -> dict[str, tuple[int | None, str]]:
+    draft = session.scalar(select(EvaluationDraft).where(
+        EvaluationDraft.assignment_id == assignment_id))
+    if draft is None:
+        return {}
+    return {item: (a.get("score"), a.get("comment", "")) for item, a in draft.answers.items()}
 
 
 # ---------------------------------------------------------------- calibration send-back

@@ -31,7 +31,7 @@ from perfcycle.portal.deps import (
     run_after_commit,
 )
 from perfcycle.portal.routes.goals import load_cycle, require_open_stage, use_up_link
-from perfcycle.stages.evaluation import items_for, submit_evaluation
+from perfcycle.stages.evaluation import items_for, load_draft, save_draft, submit_evaluation
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -57,6 +57,11 @@ i18n.add_messages(
         "eval.view": {"zh-CN": "查看", "en": "View"},
         "eval.form_title": {"zh-CN": "评价：{name}", "en": "Rating {name}"},
         "eval.comment": {"zh-CN": "评语", "en": "Comment"},
+        "eval.save_draft": {"zh-CN": "保存草稿", "en": "Save draft"},
+        "eval.draft_saved": {
+            "zh-CN": "草稿已保存，截止前可随时回来继续填写并提交。",
+            "en": "Draft saved: come back any time before the deadline to finish and submit.",
+        },
         "eval.comment_required_for": {
             "zh-CN": "选择 {levels} 分时必须填写评语",
             "en": "A comment is required for a score of {levels}",
@@ -229,6 +234,8 @@ def evaluation_form(
     found = own_assignment(session, request, viewer, assignment_id)
     saved = services.own_answers(session, assignment_id)
     answers: dict[str, tuple[int | str | None, str]] = dict(saved.items())
+    if found.state == "pending":
+        answers.update(load_draft(session, assignment_id))
     return render_form(request, session, found, answers, {})
 
 
@@ -249,6 +256,8 @@ def submit_form(
     policy = engine.cycle_policy(cycle)
     item_ids = [i.id for i in items_for(policy, found.rater_type)]
     answers = parse_answers(form, item_ids)
+    if form.get("action") == "draft":
+        return keep_draft(request, session, found, form, answers, item_ids, viewer)
     try:
         # Scores are checked (1..5 integers) by submit_evaluation before anything is written.
         submit_evaluation(session, found.id, answers, viewer.person_id, policy)  # type: ignore[arg-type]
@@ -267,6 +276,32 @@ def submit_form(
     if engine.resume_reason(session, cycle) == "complete" and cycle.flow_run_id:
         run_after_commit(request, lambda: resume_flow(cycle.flow_run_id or ""))
     return RedirectResponse(f"/evaluations/{found.id}", status_code=303)
+
+
+def keep_draft(
+    request: Request,
+    session: Session,
+    found: services.AssignmentRow,
+    form: FormData,
+    answers: dict[str, tuple[object, str]],
+    item_ids: list[str],
+    viewer: Viewer,
+) -> Response:
+    """Save what is filled in so far; comments typed next to an unscored item are kept too."""
+    for item in item_ids:
+        comment = form.get(f"comment.{item}", "")
+        if item not in answers and isinstance(comment, str) and comment.strip():
+            answers[item] = (None, comment)
+    policy = engine.cycle_policy(load_cycle(session, request, found.cycle_id))
+    try:
+        save_draft(session, found.id, answers, viewer.person_id, policy)  # type: ignore[arg-type]
+    except InvalidInput as exc:
+        session.rollback()
+        shown = {
+            i: (a[0] if isinstance(a[0], int | str) else None, a[1]) for i, a in answers.items()
+        }
+        return render_form(request, session, found, shown, errors_by_item(exc, item_ids), 422)
+    return RedirectResponse(f"/evaluations/{found.id}?draft=saved", status_code=303)
 
 
 def errors_by_item(exc: InvalidInput, item_ids: list[str]) -> dict[str, list[str]]:
