@@ -9,6 +9,7 @@ from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 
 from flows.cycle_clock import cycle_clock
+from flows.mail_relay import mail_relay
 from flows.review_cycle import review_cycle
 
 
@@ -24,6 +25,13 @@ def deployments() -> list[RunnerDeployment]:
             name="every-15m",
             interval=timedelta(minutes=15),
             description="Resume cycles whose stage is complete or past its deadline.",
+            tags=["perfcycle"],
+        )),
+        cast(RunnerDeployment, mail_relay.to_deployment(
+            name="every-minute",
+            interval=timedelta(minutes=1),
+            description="Send pending outbox mail over SMTP (also started when a stage writes"
+            " mail).",
             tags=["perfcycle"],
         )),
     ]

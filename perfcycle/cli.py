@@ -332,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_roles(sub)
 
+    from perfcycle.outbox_cli import register as register_outbox
+
+    register_outbox(sub)
+
     au = sub.add_parser("audit", help="audit log").add_subparsers(dest="a", required=True)
     add("verify", cmd_audit_verify, "recompute the audit hash chain", au)
     return parser

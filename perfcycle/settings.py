@@ -29,7 +29,11 @@ class Settings(BaseSettings):
     smtp_password: str | None = None
     mail_from: str = "perfcycle <perfcycle@localhost>"
     smtp_max_connections: int = Field(default=4, ge=1, le=64)
-    mail_rate_per_second: float = Field(default=50.0, gt=0, description="SMTP send rate cap")
+    smtp_timeout: float = Field(default=30.0, gt=0)
+    mail_rate_per_second: float = Field(default=50.0, ge=0, description="send-rate cap; 0 = none")
+    mail_render_processes: int | None = Field(
+        default=None, ge=0, description="processes rendering mail for the relay; None = automatic"
+    )
     mail_max_attempts: int = Field(default=10, ge=1, description="temporary failures before failed")
     # An organisation's own templates (same names) win over the packaged ones.
     mail_templates_dir: Path | None = None

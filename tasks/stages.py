@@ -10,8 +10,9 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.deployments import run_deployment
 
-from perfcycle import engine
+from perfcycle import engine, relay
 from perfcycle.db import session_scope
 from perfcycle.reports import stage_markdown
 from perfcycle.stages.calibration import DecisionInput, apply_decision
@@ -28,6 +29,25 @@ def _artifact(cycle_id: int, stage: str, phase: str, done: int | None = None,
         markdown=markdown,
         description=f"Cycle {cycle_id}: {stage} {phase}",
     )
+
+
+MAIL_RELAY_DEPLOYMENT = "mail-relay/every-minute"
+
+
+def _start_mail_relay(cycle_id: int) -> None:
+    """Send the step's mail now rather than at the relay's next minute. Best effort: the
+    schedule delivers it anyway, so an unreachable Prefect never fails the stage."""
+    try:
+        with session_scope() as session:
+            newest = relay.newest_pending_id(session, cycle_id)
+        if newest is None:
+            return
+        # Keyed by the newest row: a re-run step that wrote nothing new starts no second run.
+        run_deployment(MAIL_RELAY_DEPLOYMENT, timeout=0, as_subflow=False,
+                       idempotency_key=f"mail-relay:outbox-{newest}")
+    except Exception as exc:
+        get_run_logger().warning("Could not start %s now (%s: %s); it sends within a minute.",
+                                 MAIL_RELAY_DEPLOYMENT, type(exc).__name__, exc)
 
 
 @task(name="next-stage")
@@ -47,6 +67,7 @@ def enter_stage(cycle_id: int, stage: str) -> dict[str, Any]:
         summary = engine.enter_stage(session, cycle, policy, inst)
     get_run_logger().info("Entered %s: %s", stage, summary)
     _artifact(cycle_id, stage, "entered")
+    _start_mail_relay(cycle_id)
     return summary
 
 
@@ -69,6 +90,7 @@ def close_stage(cycle_id: int, stage: str) -> dict[str, Any]:
         summary = engine.close_stage(session, cycle, engine.cycle_policy(cycle), inst)
     get_run_logger().info("Closed %s: %s", stage, summary)
     _artifact(cycle_id, stage, "closed")
+    _start_mail_relay(cycle_id)
     return summary
 
 
@@ -81,4 +103,5 @@ def record_decision(cycle_id: int, decision: dict[str, Any]) -> bool:
         recorded = apply_decision(session, cycle, engine.cycle_policy(cycle), inst, parsed)
     get_run_logger().info("Calibration decision by %s: %s (%s)", parsed.approver,
                           parsed.decision, "recorded" if recorded else "already recorded")
+    _start_mail_relay(cycle_id)
     return recorded
