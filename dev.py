@@ -30,6 +30,7 @@ PYPROJECT = ROOT / "pyproject.toml"
 STAMP = VENV / ".perfcycle-installed"
 INSTALL_LOG = VENV / "dev-install.log"
 CHROMIUM = Path("/usr/bin/chromium")
+CJK_FONTS = Path("/usr/share/fonts/opentype/noto")
 PYTEST_NO_TESTS = 5
 MIN_PYTHON = (3, 11)
 PIP_ENV = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
@@ -121,12 +122,13 @@ def ensure_test_prerequisites() -> None:
 
 def ensure_chromium() -> None:
     """Debian's chromium for the Playwright browser tests (Playwright's own download can't work)."""
-    if CHROMIUM.exists():
+    # CJK fonts too: without them the screenshots show Chinese names as empty boxes.
+    if CHROMIUM.exists() and CJK_FONTS.exists():
         return
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        say("installing Debian's chromium for the browser tests (apt-get)")
+        say("installing Debian's chromium and CJK fonts for the browser tests (apt-get)")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        command = "apt-get update -qq && apt-get install -y -qq chromium"
+        command = "apt-get update -qq && apt-get install -y -qq chromium fonts-noto-cjk"
         result = subprocess.run(
             ["sh", "-c", command],
             stdin=subprocess.DEVNULL,
@@ -136,6 +138,9 @@ def ensure_chromium() -> None:
             check=False,
         )
         if result.returncode == 0 and CHROMIUM.exists():
+            return
+        if CHROMIUM.exists():
+            say("warning: CJK fonts could not be installed; screenshots will lack Chinese glyphs")
             return
         output = (result.stdout + result.stderr).strip().splitlines()[-10:]
         say(f"warning: `{command}` failed (exit {result.returncode}):")

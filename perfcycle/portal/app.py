@@ -5,6 +5,7 @@ Run with: uvicorn perfcycle.portal.app:app
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +111,8 @@ def create_app(database_url: str | None = None) -> FastAPI:
     app = FastAPI(title="perfcycle portal", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.database_url = database_url
     app.add_middleware(SecurityHeaders)
+    # Outermost: admit only as many requests as the database pool can serve (see AdmissionLimit).
+    app.add_middleware(AdmissionLimit, limit=MAX_CONCURRENT_REQUESTS)
     _add_error_pages(app)
     app.mount(deps.STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="static")
     for router in load_routers():
@@ -124,6 +127,33 @@ def create_app(database_url: str | None = None) -> FastAPI:
         return {"ok": True}
 
     return app
+
+
+# Below the SQLAlchemy pool (5 + 10 overflow) so a request admitted always gets a connection.
+MAX_CONCURRENT_REQUESTS = 10
+
+
+class AdmissionLimit:
+    """Queue requests beyond `limit` before they touch the database.
+
+    Without it a burst deadlocks: each request's dependencies take a pooled connection in a
+    worker thread, then wait for another thread to run the page, while every thread waits for
+    a connection (measured: 200 simultaneous raters, 0 saved, all timing out after 30 s).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self._gate: asyncio.Semaphore | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self._gate is None:  # created inside the server's event loop
+            self._gate = asyncio.Semaphore(self.limit)
+        async with self._gate:
+            await self.app(scope, receive, send)
 
 
 class SecurityHeaders:
