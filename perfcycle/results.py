@@ -11,14 +11,23 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, exists, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from perfcycle import audit
 from perfcycle.calibration import distribution
 from perfcycle.errors import InvalidInput, Problem
-from perfcycle.models import Cycle, Evaluation, MetricValue, Participant, RaterAssignment, Result
+from perfcycle.models import (
+    Appeal,
+    CalibrationChange,
+    Cycle,
+    Evaluation,
+    MetricValue,
+    Participant,
+    RaterAssignment,
+    Result,
+)
 from perfcycle.policy import Policy
 from perfcycle.scoring import EmployeeScore, score_employee_totals
 
@@ -44,7 +53,7 @@ def compute_results(session: Session, cycle: Cycle, policy: Policy) -> int:
     ]
     upsert_results(session, rows)
     if rows:
-        grades = [current_grade(existing.get(e), s) for e, s in scores.items()]
+        grades = list(session.scalars(select(Result.grade).where(Result.cycle_id == cycle.id)))
         audit.record(
             session,
             actor=audit.SYSTEM,
@@ -172,15 +181,12 @@ def changed(old: dict[str, Any] | None, score: EmployeeScore) -> bool:
     return any(old[f] != new[f] for f in SCORED_FIELDS)
 
 
-def current_grade(old: dict[str, Any] | None, score: EmployeeScore) -> str:
-    """The grade the row holds after the upsert (mirrors the SQL in `upsert_results`)."""
-    if old is not None and old["grade"] != old["computed_grade"]:
-        return str(old["grade"])
-    return score.grade
-
-
 def upsert_results(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert new rows, update existing ones; a calibrated grade (grade != computed_grade) stays.
+    """Insert new rows, update existing ones; a grade people decided stays.
+
+    Decided means the committee changed it (a calibration_changes row) or an appeal adjusted it;
+    `grade != computed_grade` alone is not enough: once a recomputed grade happens to equal the
+    decided one, the next recompute would silently overwrite the committee.
 
     The grade rule is in the statement itself, so a calibration committed between our read and
     this write is still respected.
@@ -197,7 +203,18 @@ def upsert_results(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     else:  # pragma: no cover - only the two supported backends
         raise RuntimeError(f"unsupported database dialect {dialect}")
     excluded = insert.excluded
-    calibrated = table.c.grade != table.c.computed_grade
+    calibrated = or_(
+        table.c.grade != table.c.computed_grade,
+        exists().where(
+            CalibrationChange.cycle_id == table.c.cycle_id,
+            CalibrationChange.employee_id == table.c.employee_id,
+        ),
+        exists().where(
+            Appeal.cycle_id == table.c.cycle_id,
+            Appeal.employee_id == table.c.employee_id,
+            Appeal.outcome == "adjusted",
+        ),
+    )
     stmt = insert.on_conflict_do_update(
         index_elements=[table.c.cycle_id, table.c.employee_id],
         set_={

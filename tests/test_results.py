@@ -10,11 +10,12 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from perfcycle import audit
+from perfcycle import audit, clock
 from perfcycle.db import session_scope
 from perfcycle.errors import InvalidInput
 from perfcycle.models import (
     AuditEvent,
+    CalibrationChange,
     Cycle,
     Department,
     Employee,
@@ -339,3 +340,40 @@ def _snapshot(row: Result) -> dict[str, Any]:
             "flags",
         )
     }
+
+
+def set_satisfaction(session: Session, cycle_id: int, employee_id: str, value: float) -> None:
+    session.execute(
+        update(MetricValue)
+        .where(
+            MetricValue.cycle_id == cycle_id,
+            MetricValue.employee_id == employee_id,
+            MetricValue.metric == "satisfaction",
+        )
+        .values(value=value)
+    )
+
+
+def test_a_committee_grade_survives_a_recompute_that_happens_to_match_it(
+    session: Session, policy: Policy
+) -> None:
+    cycle = populate(session)
+    compute_results(session, cycle, policy)
+    assert stored(session, cycle.id)["e1"].grade == "B"
+    # The committee moved e1 from B to A, with its reason on record.
+    session.add(CalibrationChange(
+        cycle_id=cycle.id, attempt=1, employee_id="e1", from_grade="B", to_grade="A",
+        reason="led the outage recovery", decided_by="chair", decided_at=clock.now()))
+    session.execute(update(Result).where(Result.cycle_id == cycle.id,
+                                         Result.employee_id == "e1").values(grade="A"))
+    # New data lifts e1's computed grade to the committee's A: the two now agree...
+    set_satisfaction(session, cycle.id, "e1", 100)
+    compute_results(session, cycle, policy)
+    assert (stored(session, cycle.id)["e1"].computed_grade,
+            stored(session, cycle.id)["e1"].grade) == ("A", "A")
+    # ...and when later data drops, the decision must still stand.
+    set_satisfaction(session, cycle.id, "e1", 40)
+    compute_results(session, cycle, policy)
+    row = stored(session, cycle.id)["e1"]
+    assert row.computed_grade != "A"
+    assert row.grade == "A"
