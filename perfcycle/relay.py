@@ -37,18 +37,10 @@ from sqlalchemy.orm import Session
 
 from perfcycle import audit, clock
 from perfcycle.db import session_scope
-from perfcycle.mail.render import build_message, render
+from perfcycle.mail.render import MailRow, build_message, render
 from perfcycle.models import OutboxMessage
 from perfcycle.settings import Settings, get_settings
 
-# Defaults for settings the lead adds to perfcycle.settings (read with getattr until then).
-DEFAULTS: dict[str, Any] = {
-    "smtp_max_connections": 4,
-    "smtp_timeout": 30.0,
-    "mail_rate_per_second": 50.0,
-    "mail_max_attempts": 10,
-    "mail_render_processes": None,  # None: one per CPU beyond the first, at most 2
-}
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_CAP = timedelta(hours=1)
 BACKOFF_JITTER = 0.2
@@ -69,23 +61,11 @@ _T = TypeVar("_T")
 _ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"\\]+@[^@\s<>()\[\],;:\"\\]+$")
 
 
-def setting(settings: Settings, name: str) -> Any:
-    return getattr(settings, name, DEFAULTS[name])
-
-
-class OutboxRow(Protocol):
+class OutboxRow(MailRow, Protocol):
     """What sending needs of a claimed row (OutboxMessage and Claimed both fit)."""
 
     @property
     def id(self) -> int: ...
-    @property
-    def idempotency_key(self) -> str: ...
-    @property
-    def recipient_email(self) -> str: ...
-    @property
-    def locale(self) -> str: ...
-    @property
-    def template(self) -> str: ...
     @property
     def context(self) -> dict[str, Any]: ...
     @property
@@ -280,7 +260,7 @@ def prepare_many(rows: Sequence[Claimed], mail_from: str) -> list[_Ready | Outco
 def render_processes(settings: Settings) -> int:
     """How many processes render while the relay sends: by default one per CPU beyond the first
     (rendering and building MIME is most of the relay's CPU time); 0 renders in-process."""
-    configured = setting(settings, "mail_render_processes")
+    configured = settings.mail_render_processes
     if configured is not None:
         return max(0, int(configured))
     return min(2, (os.cpu_count() or 1) - 1)
@@ -304,7 +284,7 @@ async def send_batch(
     outcomes: list[Outcome] = []
     queue: asyncio.Queue[_Ready | None] = asyncio.Queue()
     unreachable: list[str] = []
-    count = max(1, min(int(setting(settings, "smtp_max_connections")), len(rows)))
+    count = max(1, min(settings.smtp_max_connections, len(rows)))
     sessions = [
         asyncio.create_task(_session(queue, settings, outcomes, unreachable)) for _ in range(count)
     ]
@@ -391,7 +371,7 @@ async def _connect(settings: Settings) -> aiosmtplib.SMTP:
         password=settings.smtp_password or None,
         use_tls=settings.smtp_tls,
         start_tls=bool(settings.smtp_starttls),
-        timeout=float(setting(settings, "smtp_timeout")),
+        timeout=settings.smtp_timeout,
     )
     # Logs in too when username and password are set.
     await smtp.connect()
@@ -496,7 +476,7 @@ def record_outcomes(
     if not outcomes:
         return RelayReport()
     now = now or clock.now()
-    limit = int(max_attempts or DEFAULTS["mail_max_attempts"])
+    limit = max_attempts or get_settings().mail_max_attempts
     table = cast(Table, OutboxMessage.__table__)
     sent = [o for o in outcomes if o.status == "sent"]
     retry = [o for o in outcomes if o.status == "temporary" and o.attempts + 1 < limit]
@@ -606,7 +586,7 @@ def relay_once(
     """Claim one batch of due rows, send it, record the outcomes. An empty report: nothing due."""
     settings = settings or get_settings()
     worker_id = worker_id or default_worker_id()
-    max_attempts = int(setting(settings, "mail_max_attempts"))
+    max_attempts = settings.mail_max_attempts
     with session_scope(url) as session:
         now = clock.now()
         release_stale_claims(session, now, max_attempts=max_attempts)

@@ -38,7 +38,7 @@ def ensure_rate_limit() -> int | None:
     """Create (or align with the settings) the global concurrency limit the relay occupies.
 
     Returns its slots, None when mail_rate_per_second is 0 (no limit)."""
-    shape = rate_limit_shape(float(relay.setting(get_settings(), "mail_rate_per_second")))
+    shape = rate_limit_shape(get_settings().mail_rate_per_second)
     if shape is None:
         return None
     slots, decay = shape

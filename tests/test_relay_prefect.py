@@ -21,7 +21,7 @@ from prefect.testing.utilities import prefect_test_harness
 from sqlalchemy import update
 
 from flows.mail_relay import mail_relay
-from perfcycle import clock, outbox, relay
+from perfcycle import clock, outbox
 from perfcycle.db import session_scope
 from perfcycle.mailsink import MailSink, list_messages
 from perfcycle.models import Cycle, OutboxMessage
@@ -73,7 +73,7 @@ def test_the_flow_sends_everything_throttled_by_its_rate_limit(
     total = 120
     with session_scope(db_url) as session:
         outbox.enqueue(session, [goals_mail(n) for n in range(total)])
-    shape = rate_limit_shape(float(relay.setting(get_settings(), "mail_rate_per_second")))
+    shape = rate_limit_shape(get_settings().mail_rate_per_second)
     assert shape is not None, "the default settings rate-limit the relay"
     slots, rate = shape
 

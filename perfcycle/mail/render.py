@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import email.policy
 import hashlib
-import os
 import re
 import traceback
 from collections.abc import Callable, Mapping
@@ -148,8 +147,7 @@ def override_dir() -> Path | None:
     A configured folder that is missing is an error, not a silent fall-back to our templates:
     an organisation that overrides a footer for legal reasons must not send ours unnoticed.
     """
-    configured = getattr(get_settings(), "mail_templates_dir", None)
-    value = str(configured or os.environ.get("PERFCYCLE_MAIL_TEMPLATES_DIR", "")).strip()
+    value = str(get_settings().mail_templates_dir or "").strip()
     if not value:
         return None
     folder = Path(value)
@@ -312,10 +310,7 @@ def _locale(ctx: Context) -> str:
 
 
 def display_zone() -> ZoneInfo:
-    name = getattr(get_settings(), "mail_timezone", None) or os.environ.get(
-        "PERFCYCLE_MAIL_TIMEZONE", DEFAULT_TIMEZONE
-    )
-    return _zone(str(name))
+    return _zone(get_settings().mail_timezone or DEFAULT_TIMEZONE)
 
 
 @lru_cache(maxsize=8)
