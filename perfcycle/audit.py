@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import event as sa_event
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
@@ -52,10 +53,7 @@ def event_hash(
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _lock_chain(session: Session) -> None:
-    # SQLite already holds the write lock (BEGIN IMMEDIATE); Postgres serialises appenders here.
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(727274)"))
+_PENDING = "perfcycle.audit.pending"
 
 
 def record(
@@ -67,30 +65,56 @@ def record(
     cycle_id: int | None = None,
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
-) -> AuditEvent:
-    """Append one event in the caller's transaction, so it commits or rolls back with the change."""
-    _lock_chain(session)
-    session.flush()
-    prev = session.scalar(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
-    prev_hash = prev or GENESIS
-    at = clock.now()
+) -> None:
+    """Add one event to the caller's transaction: it commits or rolls back with the change.
+
+    The event joins the chain when the transaction commits (`_append_pending`), not here: the
+    chain's tail is one row every writer needs, and holding it from the first change to the
+    commit would make concurrent submissions wait for each other's whole request.
+    """
     # JSON round-trip so what we hash is exactly what the database will give back.
-    before_j = json.loads(_canonical(before)) if before is not None else None
-    after_j = json.loads(_canonical(after)) if after is not None else None
-    event = AuditEvent(
-        at=at,
-        actor=actor,
-        action=action,
-        subject=subject,
-        cycle_id=cycle_id,
-        before=before_j,
-        after=after_j,
-        prev_hash=prev_hash,
-        hash=event_hash(prev_hash, at, actor, action, subject, cycle_id, before_j, after_j),
-    )
-    session.add(event)
-    session.flush()
-    return event
+    event = {
+        "actor": actor,
+        "action": action,
+        "subject": subject,
+        "cycle_id": cycle_id,
+        "before": json.loads(_canonical(before)) if before is not None else None,
+        "after": json.loads(_canonical(after)) if after is not None else None,
+    }
+    session.info.setdefault(_PENDING, []).append(event)
+
+
+@sa_event.listens_for(Session, "before_commit")
+def _append_pending(session: Session) -> None:
+    pending: list[dict[str, Any]] = session.info.pop(_PENDING, [])
+    if not pending:
+        return
+    session.flush()  # the change itself first, so a constraint error leaves the chain untouched
+    # SQLite already holds the write lock (BEGIN IMMEDIATE); Postgres serialises appenders here,
+    # from now until this commit ends.
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(727274)"))
+    prev_hash = session.scalar(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
+    prev_hash = prev_hash or GENESIS
+    at = clock.now()
+    for fields in pending:
+        digest = event_hash(
+            prev_hash,
+            at,
+            fields["actor"],
+            fields["action"],
+            fields["subject"],
+            fields["cycle_id"],
+            fields["before"],
+            fields["after"],
+        )
+        session.add(AuditEvent(at=at, prev_hash=prev_hash, hash=digest, **fields))
+        prev_hash = digest
+
+
+@sa_event.listens_for(Session, "after_rollback")
+def _drop_pending(session: Session) -> None:
+    session.info.pop(_PENDING, None)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,9 @@ def execute(url: str, sql: str) -> None:
 
 def record_one_event(url: str) -> tuple[int, str, str]:
     with session_scope(url) as s:
-        event = audit.record(s, actor="hr.admin", action="cycle.launch", subject="cycle:1")
+        audit.record(s, actor="hr.admin", action="cycle.launch", subject="cycle:1")
+    with session_scope(url) as s:
+        event = s.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(1)).one()
         return event.id, event.actor, event.hash
 
 

@@ -190,6 +190,7 @@ def test_hand_checked_rows(session: Session, policy: Policy) -> None:
 def test_audit_event_records_count_and_distribution(session: Session, policy: Policy) -> None:
     cycle = populate(session)
     compute_results(session, cycle, policy)
+    session.commit()  # audit events join the chain when their transaction commits
 
     [event] = audit_events(session, "results.computed")
     assert event.actor == "system"
@@ -252,6 +253,7 @@ def test_rerun_keeps_a_calibrated_grade_and_follows_new_data(
     assert rows["e1"].computed_grade == "C"
     assert rows["e1"].grade == "A"  # the committee's decision stands
     assert rows["e3"].computed_grade == rows["e3"].grade == "D"
+    session.commit()
     latest = audit_events(session, "results.computed")[-1]
     assert latest.after == {"count": 2, "grade_distribution": {"A": 1, "B": 0, "C": 1, "D": 2}}
 

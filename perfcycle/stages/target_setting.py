@@ -234,6 +234,14 @@ def return_goals(
         g.state, g.employee_signed_at = "proposed", None
     employee = session.get(Employee, employee_id)
     assert employee is not None
+    returned_before = session.scalar(
+        select(func.count())
+        .select_from(AuditEvent)
+        .where(
+            AuditEvent.action == "goals.returned",
+            AuditEvent.subject == f"cycle:{cycle_id}/employee:{employee_id}",
+        )
+    )
     audit.record(
         session,
         actor=actor,
@@ -242,14 +250,6 @@ def return_goals(
         cycle_id=cycle_id,
         before={"state": "submitted"},
         after={"state": "proposed", "comment": comment},
-    )
-    returned_before = session.scalar(
-        select(func.count())
-        .select_from(AuditEvent)
-        .where(
-            AuditEvent.action == "goals.returned",
-            AuditEvent.subject == f"cycle:{cycle_id}/employee:{employee_id}",
-        )
     )
     cycle = session.get_one(Cycle, cycle_id)
     stage = stage_of(session, cycle_id, StageName.target_setting)
@@ -260,7 +260,7 @@ def return_goals(
         policy_of(cycle),
         "goals_returned",
         [Recipient.person(Role.employee, employee, link=link)],
-        f"goals-returned:{returned_before}",
+        f"goals-returned:{(returned_before or 0) + 1}",
         {"comment": comment},
         due_at=stage.due_at if stage else None,
     )
