@@ -149,6 +149,17 @@ def probe_refuse(request: Request, session: SessionDep, viewer: ViewerDep) -> No
     raise PageError(422, "invalid_input", "score 9 is out of range 1..5 (field q1)")
 
 
+@probe.post("/_probe/fails-at-commit/{cycle_id}")
+def probe_fails_at_commit(
+    request: Request, cycle_id: int, session: SessionDep, viewer: ViewerDep, form: CsrfForm
+) -> dict[str, str]:
+    """Uses the link up and answers "done", but the transaction cannot commit (duplicate id)."""
+    consume_task_token(session, request, "evaluation", cycle_id)
+    session.add(Department(id="cs", name="a second cs", type="external_service"))
+    run_after_commit(request, lambda: hooks_ran.append("should not run"))
+    return {"result": "done"}
+
+
 def portal(db_url: str) -> TestClient:
     app: FastAPI = create_app(db_url)
     app.include_router(probe)
@@ -262,6 +273,22 @@ def test_a_refused_post_rolls_back_and_skips_the_after_commit_work(db_url: str, 
     assert "score 9 is out of range 1..5 (field q1)" in response.text
     assert "<html" in response.text  # a page in the layout, not JSON
     assert snapshot(db_url) == before
+    assert hooks_ran == []
+
+
+def test_a_post_whose_commit_fails_is_never_reported_as_done(db_url: str, org: int) -> None:
+    client = TestClient(portal(db_url).app, follow_redirects=False, raise_server_exceptions=False)
+    sign_in(client, issue(db_url, org))
+    before = snapshot(db_url)
+    hooks_ran.clear()
+
+    response = client.post(f"/_probe/fails-at-commit/{org}", data={"csrf_token": csrf(client)})
+
+    # The commit runs before the response leaves: the person sees the failure, not "done".
+    assert response.status_code == 500
+    assert "done" not in response.text
+    assert "nothing from this step was saved" in response.text
+    assert snapshot(db_url) == before  # the link is still unused
     assert hooks_ran == []
 
 

@@ -1,11 +1,12 @@
 """The portal app: the home page, the sign-in routes and the page modules in routes.ROUTERS.
 
-Run with: uvicorn perfcycle.portal.app:app
+Run with `perfcycle portal [--workers N]` (perfcycle/portal/serve.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +23,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from perfcycle.db import get_engine
 from perfcycle.errors import InvalidInput
 from perfcycle.models import Cycle
-from perfcycle.portal import deps
+from perfcycle.portal import deps, i18n
 from perfcycle.portal.routes import load_routers
 from perfcycle.settings import get_settings
 
+log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # Links carry tokens in their path: no Referer may take them to another site. Pages need no
 # script; styles come from our own file (and inline SVG charts may carry style attributes).
@@ -205,6 +207,13 @@ def _add_error_pages(app: FastAPI) -> None:
             for e in exc.errors()
         )
         return deps.error_page(request, 422, "bad_request", where)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # The request's transaction rolled back: say so, rather than Starlette's bare text.
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        message = i18n.translate("server_error_text", deps.locale_of(request))
+        return deps.error_page(request, 500, "server_error", message)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: Exception) -> Response:

@@ -37,8 +37,8 @@ from urllib.parse import parse_qsl, urlencode
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-from sqlalchemy import exists, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session, aliased
 from starlette.datastructures import FormData, UploadFile
 
 from perfcycle import clock
@@ -103,11 +103,23 @@ def database_url(request: Request) -> str | None:
     return getattr(request.app.state, "database_url", None)
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """One transaction per request; then the work queued with run_after_commit."""
+def after_response(request: Request) -> Iterator[None]:
+    """Runs the work queued with run_after_commit once the response is on its way.
+
+    Request-scoped (FastAPI's default): its exit runs after the response is sent, so a slow
+    Prefect API does not hold up the page. It is skipped when the request failed, since the
+    exception passes through the `yield`.
+    """
+    yield
+    _run_after_commit_hooks(request)
+
+
+def get_session(
+    request: Request, _after: Annotated[None, Depends(after_response)]
+) -> Iterator[Session]:
+    """One transaction per request, committed before the response is sent (see SessionDep)."""
     with session_scope(database_url(request)) as session:
         yield session
-    _run_after_commit_hooks(request)
 
 
 def run_after_commit(request: Request, action: Callable[[], object]) -> None:
@@ -139,38 +151,34 @@ def session_data(request: Request) -> security.SessionData | None:
 
 
 def load_viewer(session: Session, person_id: str) -> Viewer | None:
-    """The active employee's view of the portal with their roles; None if not an active employee."""
-    employee = session.get(Employee, person_id)
-    if employee is None or not employee.active:
-        return None
-    return Viewer(
-        person_id=employee.id,
-        name=employee.name,
-        locale=i18n.supported_locale(employee.locale),
-        roles=viewer_roles(session, employee),
-    )
+    """The active employee's view of the portal with their roles; None if not an active employee.
 
-
-def viewer_roles(session: Session, employee: Employee) -> frozenset[str]:
-    roles = {"employee"}
-    has_reports = session.scalar(
-        select(exists().where(Employee.manager_id == employee.id, Employee.active.is_(True)))
-    )
-    if has_reports:
-        roles.add("manager")
-    granted = session.scalars(
-        select(PortalRole.role).where(
-            or_(
-                PortalRole.principal == employee.id,
-                PortalRole.principal == employee.email.strip().lower(),
-            )
+    Runs on every request: two plain queries, no ORM objects.
+    """
+    report = aliased(Employee)
+    has_reports = exists().where(report.manager_id == person_id, report.active.is_(True))
+    row = session.execute(
+        select(Employee.name, Employee.email, Employee.locale, has_reports.label("manager")).where(
+            Employee.id == person_id, Employee.active.is_(True)
         )
+    ).one_or_none()
+    if row is None:
+        return None
+    roles = {"employee", "manager"} if row.manager else {"employee"}
+    principals = (person_id, row.email.strip().lower())
+    roles.update(session.scalars(select(PortalRole.role).where(PortalRole.principal.in_(principals))))
+    return Viewer(
+        person_id=person_id,
+        name=row.name,
+        locale=i18n.supported_locale(row.locale),
+        roles=frozenset(roles),
     )
-    roles.update(granted)
-    return frozenset(roles)
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit when the route returns, before its response leaves. With FastAPI's
+# default the commit would run after the response is sent, and a person could be told "saved"
+# about a transaction that then failed (a lost submission).
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def current_viewer(request: Request, session: SessionDep) -> Viewer:

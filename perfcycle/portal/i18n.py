@@ -134,6 +134,12 @@ add_messages(
         "invalid_input": {"zh-CN": "输入有误", "en": "Please correct the input"},
         "too_many_requests": {"zh-CN": "请求过于频繁", "en": "Too many requests"},
         "server_error": {"zh-CN": "出错了", "en": "Something went wrong"},
+        "server_error_text": {
+            "zh-CN": "系统出错，本次操作未保存任何内容。"
+            "请稍后重试；如果问题持续，请联系人力资源部。",
+            "en": "The system hit an error and nothing from this step was saved. Please try "
+            "again in a moment; if it keeps happening, contact HR.",
+        },
         # sign-in pages
         "new_link_title": {"zh-CN": "获取新的登录链接", "en": "Get a new sign-in link"},
         "new_link_intro": {
