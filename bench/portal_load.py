@@ -9,7 +9,7 @@ unless --database-url names another; it is dropped and re-created), the schema, 
 organisation, and a cycle driven through the engine (no Prefect) until the evaluation stage
 waits for its raters, with the bench policy of bench/cycle_launch.py. The links are the ones
 the evaluation stage put into the raters' mails (outbox rows). Then the portal:
-`uvicorn perfcycle.portal.app:app --workers N` on a free loopback port.
+`perfcycle portal --workers N` (uvicorn) on a free loopback port.
 
 Timed: the raters arrive over --ramp seconds (default 5) and all are mid-visit at once; each,
 with its own httpx.AsyncClient (its own cookies and connection), does what a browser does: GET
@@ -161,7 +161,9 @@ def start_portal(url: str, app: str, workers: int, port: int) -> subprocess.Pope
     command = [
         sys.executable,
         "-m",
-        "uvicorn",
+        "perfcycle.cli",
+        "portal",
+        "--app",
         app,
         "--host",
         "127.0.0.1",

@@ -328,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
 
+    from perfcycle.portal.serve import register as register_portal
+
+    register_portal(sub)
+
     from perfcycle.portal.roles_cli import register as register_roles
 
     register_roles(sub)

@@ -232,8 +232,8 @@ class Stack:
             [
                 python,
                 "-m",
-                "uvicorn",
-                "perfcycle.portal.app:app",
+                "perfcycle.cli",
+                "portal",
                 "--host",
                 HOST,
                 "--port",

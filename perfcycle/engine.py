@@ -79,7 +79,10 @@ def stage_instances(session: Session, cycle_id: int) -> dict[str, StageInstance]
 
 def current_stage(session: Session, cycle: Cycle, policy: Policy) -> Stage | None:
     """The first stage in policy order that is not completed (a send-back re-opens one)."""
-    instances = stage_instances(session, cycle.id)
+    return _first_not_completed(policy, stage_instances(session, cycle.id))
+
+
+def _first_not_completed(policy: Policy, instances: dict[str, StageInstance]) -> Stage | None:
     for stage in policy.stages:
         inst = instances.get(stage.name)
         if inst is None or inst.state != "completed":
@@ -275,10 +278,11 @@ def resume_reason(session: Session, cycle: Cycle) -> str | None:
     if cycle.state != "running":
         return None
     policy = cycle_policy(cycle)
-    stage = current_stage(session, cycle, policy)
+    instances = stage_instances(session, cycle.id)
+    stage = _first_not_completed(policy, instances)
     if stage is None:
         return "finished"
-    inst = stage_instances(session, cycle.id).get(stage.name)
+    inst = instances.get(stage.name)
     if inst is None or inst.state == "completed":
         return "next stage"
     progress = handler_for(inst.name).progress(session, cycle, policy, inst)

@@ -235,7 +235,7 @@ def test_compose_runs_the_four_services_from_one_image(compose: dict[str, Any]) 
     flows_command = services["flows"]["command"]
     assert flows_command[:2] == ["sh", "-c"]
     assert re.fullmatch(r"perfcycle db upgrade && (exec )?perfcycle serve", flows_command[2])
-    assert services["portal"]["command"][:2] == ["uvicorn", "perfcycle.portal.app:app"]
+    assert services["portal"]["command"][:2] == ["perfcycle", "portal"]
 
 
 def test_compose_services_are_health_checked_and_wait_for_healthy_ones(
@@ -425,10 +425,7 @@ def test_k8s_commands_match_compose() -> None:
     assert specs["prefect-server"]["containers"][0]["command"][:3] == ["prefect", "server", "start"]
     assert specs["flows"]["initContainers"][0]["command"] == ["perfcycle", "db", "upgrade"]
     assert specs["flows"]["containers"][0]["command"] == ["perfcycle", "serve"]
-    assert specs["portal"]["containers"][0]["command"][:2] == [
-        "uvicorn",
-        "perfcycle.portal.app:app",
-    ]
+    assert specs["portal"]["containers"][0]["command"][:2] == ["perfcycle", "portal"]
 
 
 def test_k8s_environment_names_and_references_resolve() -> None:
