@@ -162,10 +162,16 @@ class Goal(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     cycle_id: Mapped[int] = mapped_column(ForeignKey("cycles.id"))
     employee_id: Mapped[str] = mapped_column(ForeignKey("employees.id"))
+    # The policy's indicator id, or personal-1, personal-2, ... for the employee's own goals.
     indicator_id: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(20), default="indicator", server_default="indicator")
     category: Mapped[str] = mapped_column(String(40))
     title: Mapped[str] = mapped_column(String(500))
+    # Personal goals: how attainment is measured, and by when (SMART's measurable, time-bound).
+    measure: Mapped[str | None] = mapped_column(String(500))
+    deadline: Mapped[date | None] = mapped_column(Date)
     target: Mapped[float | None] = mapped_column(Float)
+    # Percent of the employee's total score; one employee's goals add up to 100.
     weight: Mapped[float] = mapped_column(Float)
     locked: Mapped[bool] = mapped_column(default=True)
     # proposed -> submitted (employee) -> agreed (manager); returned sends it back to proposed.
@@ -175,6 +181,12 @@ class Goal(Base):
     __table_args__ = (
         UniqueConstraint("cycle_id", "employee_id", "indicator_id"),
         CheckConstraint("state IN ('proposed','submitted','agreed')", name="state"),
+        CheckConstraint("kind IN ('indicator','personal')", name="kind"),
+        CheckConstraint(
+            "kind = 'indicator' OR (measure IS NOT NULL AND deadline IS NOT NULL "
+            "AND target IS NOT NULL)",
+            name="personal_is_smart",
+        ),
         Index("ix_goals_cycle_state", "cycle_id", "state"),
     )
 

@@ -213,6 +213,23 @@ class Calibration(Strict):
     cross_checks: list[CrossCheck] = Field(default_factory=list)
 
 
+class PersonalGoals(Strict):
+    """Personal SMART goals each employee adds at target setting and agrees with the manager.
+
+    Together they carry `weight` percent of the total score, taken from `category`; the
+    employee splits that share among their goals (the weights must add up to it). An employee
+    who adds none leaves the category's indicators their full weight. The superior rates each
+    goal's attainment (1-5) in the evaluation stage.
+    """
+
+    max: int = Field(default=0, ge=0, le=10, description="how many an employee may add; 0: none")
+    min: int = Field(default=0, ge=0, description="how many an employee must add")
+    category: str | None = Field(default=None, description="the category they score in")
+    weight: float = Field(
+        default=0, ge=0, lt=100, description="percent of the total the personal goals share"
+    )
+
+
 class Improvement(Strict):
     grades: list[str] = Field(description="grades that get an improvement plan")
     months: int = Field(default=3, ge=1, le=12)
@@ -433,6 +450,9 @@ class Policy(Strict):
     stages: list[Stage] = Field(min_length=1)
     calibration: Calibration = Calibration()
     improvement: Improvement
+    personal_goals: PersonalGoals = Field(
+        default=PersonalGoals(), description="personal SMART goals at target setting"
+    )
     notifications: Notifications = Field(
         default=Notifications(), description="which mail goes to whom, reminders, escalation"
     )
@@ -453,6 +473,7 @@ class Policy(Strict):
             *_check_unique_ids(self),
             *_check_grades(self),
             *_check_indicators(self),
+            *_check_personal_goals(self),
             *_check_raters(self),
             *_check_stages(self),
             *_check_sources(self),
@@ -627,6 +648,37 @@ def _check_indicators(p: Policy) -> list[Problem]:
             )
         if isinstance(ind, RatedIndicator):
             problems += _check_rated(p, ind, at)
+    return problems
+
+
+def _check_personal_goals(p: Policy) -> list[Problem]:
+    pg, at = p.personal_goals, "personal_goals"
+    if pg.max == 0:
+        if pg.min or pg.weight or pg.category:
+            message = "max is 0 (no personal goals): leave out min, weight and category"
+            return [Problem(message, field=at)]
+        return []
+    problems: list[Problem] = []
+    if pg.min > pg.max:
+        problems.append(Problem(f"min {pg.min} is more than max {pg.max}", field=f"{at}.min"))
+    category = next((c for c in p.categories if c.id == pg.category), None)
+    if category is None:
+        ids = ", ".join(c.id for c in p.categories)
+        problems.append(
+            Problem(f"name the category they score in (categories: {ids})", field=f"{at}.category")
+        )
+    elif not 0 < pg.weight < category.weight:
+        problems.append(
+            Problem(
+                f"must be above 0 and below the weight of category '{category.id}' "
+                f"({_num(category.weight)}), is {_num(pg.weight)}",
+                field=f"{at}.weight",
+            )
+        )
+    if RaterType.superior not in p.raters:
+        problems.append(
+            Problem("the superior rates personal goals: add a superior to `raters`", field=at)
+        )
     return problems
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import func, or_, select
@@ -75,14 +75,21 @@ def names_of(session: Session, ids: set[str]) -> dict[str, str]:
 class GoalRow:
     id: int
     indicator_id: str
+    kind: str
     category: str
     title: str
+    measure: str | None
+    deadline: date | None
     target: float | None
     weight: float
     locked: bool
     state: str
     employee_signed_at: datetime | None
     manager_signed_at: datetime | None
+
+    @property
+    def personal(self) -> bool:
+        return self.kind == "personal"
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,10 @@ class GoalSheet:
         return sum(g.weight for g in self.goals)
 
     @property
+    def personal(self) -> list[GoalRow]:
+        return [g for g in self.goals if g.personal]
+
+    @property
     def employee_signed_at(self) -> datetime | None:
         return _latest(g.employee_signed_at for g in self.goals)
 
@@ -124,8 +135,11 @@ def _goal_row(g: Goal) -> GoalRow:
     return GoalRow(
         g.id,
         g.indicator_id,
+        g.kind,
         g.category,
         g.title,
+        g.measure,
+        g.deadline,
         g.target,
         g.weight,
         g.locked,

@@ -6,10 +6,13 @@ submits (signs); the manager approves (signs) or returns them with a comment.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import date
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from perfcycle import audit, clock
@@ -25,7 +28,7 @@ from perfcycle.models import (
     StageName,
 )
 from perfcycle.notify import Recipient, TaskLink, notify, policy_of, stage_of
-from perfcycle.policy import MetricIndicator, Policy, Role
+from perfcycle.policy import MetricIndicator, Policy, Ratio, Role
 from perfcycle.roles import is_hr
 from perfcycle.stages.base import PendingTask, Progress
 
@@ -186,6 +189,9 @@ def submit_goals(session: Session, cycle_id: int, employee_id: str, *, actor: st
     goals = _goals(session, cycle_id, employee_id)
     if all(g.state == "agreed" for g in goals):
         raise InvalidInput([Problem("goals are already agreed", field="state")])
+    policy = policy_of(session.get_one(Cycle, cycle_id))
+    if policy is not None:
+        _check_personal_share(policy, [g for g in goals if g.kind == PERSONAL])
     now = clock.now()
     for g in goals:
         g.state, g.employee_signed_at = "submitted", now
@@ -264,6 +270,250 @@ def return_goals(
         {"comment": comment},
         due_at=stage.due_at if stage else None,
     )
+
+
+# ---------------------------------------------------------------- the employee's own changes
+
+PERSONAL = "personal"
+PERSONAL_FIELDS = ("title", "measure", "target", "deadline", "weight")
+TEXT_CHARS = (3, 500)
+WEIGHT_TOLERANCE = 0.01  # percent; weights are typed with at most two decimals
+
+
+def save_personal_goals(
+    session: Session,
+    cycle_id: int,
+    employee_id: str,
+    rows: Sequence[Mapping[str, str]],
+    *,
+    actor: str,
+) -> int:
+    """Replace the employee's personal SMART goals with `rows` (as typed: title, measure,
+    target, deadline, weight); rows left blank are dropped. All or nothing: any problem names
+    its row and field (`personal.2.deadline`) and nothing changes. Returns how many are kept.
+
+    The goals' weights must add up to the policy's personal share; the indicators of that
+    category give up the same share, so the employee's sheet still adds up to 100.
+    """
+    cycle = session.get_one(Cycle, cycle_id)
+    policy = policy_of(cycle)
+    share = policy.personal_goals if policy else None
+    goals = _own_editable_goals(session, cycle_id, employee_id, actor)
+    if policy is None or share is None or share.max == 0:
+        raise InvalidInput([Problem("this cycle's policy has no personal goals", field="personal")])
+    # Problems name the row as the form numbers it, blank rows included.
+    filled = [
+        (n, row)
+        for n, row in enumerate(rows, 1)
+        if any(str(row.get(f, "")).strip() for f in PERSONAL_FIELDS)
+    ]
+    problems: list[Problem] = []
+    if len(filled) > share.max:
+        problems.append(
+            Problem(f"at most {share.max} personal goals, got {len(filled)}", field="personal")
+        )
+    parsed = [_parse_personal(cycle, n, row, problems) for n, row in filled]
+    if not problems and parsed:
+        _weights_add_up(share.weight, [g["weight"] for g in parsed], problems)
+    if problems:
+        raise InvalidInput(problems)
+
+    before = [_personal_view(g) for g in goals if g.kind == PERSONAL]
+    session.execute(
+        delete(Goal).where(
+            Goal.cycle_id == cycle_id, Goal.employee_id == employee_id, Goal.kind == PERSONAL
+        )
+    )
+    for n, fields in enumerate(parsed, 1):
+        session.add(
+            Goal(
+                cycle_id=cycle_id,
+                employee_id=employee_id,
+                indicator_id=f"personal-{n}",
+                kind=PERSONAL,
+                category=share.category,
+                locked=False,
+                state="proposed",
+                **fields,
+            )
+        )
+    _rebalance_category(policy, [g for g in goals if g.kind != PERSONAL], bool(parsed))
+    session.flush()
+    audit.record(
+        session,
+        actor=actor,
+        action="goals.personal_saved",
+        subject=f"cycle:{cycle_id}/employee:{employee_id}",
+        cycle_id=cycle_id,
+        before={"personal": before},
+        after={"personal": [{**f, "deadline": f["deadline"].isoformat()} for f in parsed]},
+    )
+    return len(parsed)
+
+
+def set_target(
+    session: Session,
+    cycle_id: int,
+    employee_id: str,
+    indicator_id: str,
+    target: str,
+    *,
+    actor: str,
+) -> None:
+    """The employee proposes their own target for an indicator the policy leaves unlocked."""
+    goals = _own_editable_goals(session, cycle_id, employee_id, actor)
+    at = f"target.{indicator_id}"
+    goal = next((g for g in goals if g.indicator_id == indicator_id and g.kind != PERSONAL), None)
+    if goal is None:
+        raise InvalidInput([Problem(f"no indicator {indicator_id!r} on this sheet", field=at)])
+    if goal.locked:
+        raise InvalidInput([Problem("the policy locks this target; it cannot change", field=at)])
+    problems: list[Problem] = []
+    value = _number(target, at, problems)
+    policy = policy_of(session.get_one(Cycle, cycle_id))
+    indicators = policy.indicators if policy else []
+    indicator = next((i for i in indicators if i.id == indicator_id), None)
+    ratio = isinstance(indicator, MetricIndicator) and isinstance(indicator.rule, Ratio)
+    if value is not None and ratio and value <= 0:
+        problems.append(Problem("must be above 0 (the score is a ratio to it)", field=at))
+    if problems or value is None:
+        raise InvalidInput(problems)
+    audit.record(
+        session,
+        actor=actor,
+        action="goals.target_set",
+        subject=f"cycle:{cycle_id}/employee:{employee_id}",
+        cycle_id=cycle_id,
+        before={"indicator": indicator_id, "target": goal.target},
+        after={"indicator": indicator_id, "target": value},
+    )
+    goal.target = value
+
+
+def agreed_targets(session: Session, cycle_id: int) -> dict[str, dict[str, float]]:
+    """employee -> indicator -> the target agreed for an unlocked indicator (scoring uses it)."""
+    rows = session.execute(
+        select(Goal.employee_id, Goal.indicator_id, Goal.target).where(
+            Goal.cycle_id == cycle_id,
+            Goal.kind != PERSONAL,
+            Goal.locked.is_(False),
+            Goal.state == "agreed",
+            Goal.target.is_not(None),
+        )
+    )
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for employee_id, indicator_id, target in rows:
+        out[employee_id][indicator_id] = target
+    return dict(out)
+
+
+def _own_editable_goals(
+    session: Session, cycle_id: int, employee_id: str, actor: str
+) -> list[Goal]:
+    if actor != employee_id:
+        raise InvalidInput([Problem("only the employee can change their own goals", field="actor")])
+    goals = _goals(session, cycle_id, employee_id)
+    if any(g.state != "proposed" for g in goals):
+        state = next(g.state for g in goals if g.state != "proposed")
+        raise InvalidInput(
+            [Problem(f"the goals are {state}; they can change only before signing", field="state")]
+        )
+    return goals
+
+
+def _parse_personal(
+    cycle: Cycle, n: int, row: Mapping[str, str], problems: list[Problem]
+) -> dict[str, Any]:
+    at = f"personal.{n}"
+    fields: dict[str, Any] = {}
+    for name in ("title", "measure"):
+        text = str(row.get(name, "")).strip()
+        low, high = TEXT_CHARS
+        if not low <= len(text) <= high:
+            problems.append(Problem(f"needs {low} to {high} characters", field=f"{at}.{name}"))
+        fields[name] = text
+    fields["target"] = _number(row.get("target", ""), f"{at}.target", problems)
+    weight = _number(row.get("weight", ""), f"{at}.weight", problems)
+    if weight is not None and weight <= 0:
+        problems.append(Problem("must be above 0", field=f"{at}.weight"))
+    fields["weight"] = weight
+    raw = str(row.get("deadline", "")).strip()
+    try:
+        deadline = date.fromisoformat(raw)
+    except ValueError:
+        message = f"expected a date like 2026-12-31, got {raw!r}"
+        problems.append(Problem(message, field=f"{at}.deadline"))
+        deadline = None
+    if deadline is not None and not cycle.period_start <= deadline <= cycle.period_end:
+        problems.append(
+            Problem(
+                f"must fall within the period {cycle.period_start} .. {cycle.period_end}",
+                field=f"{at}.deadline",
+            )
+        )
+    fields["deadline"] = deadline
+    return fields
+
+
+def _number(text: object, at: str, problems: list[Problem]) -> float | None:
+    raw = str(text).strip().removesuffix("%").strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        problems.append(Problem(f"expected a number, got {str(text)!r}", field=at))
+        return None
+    if not math.isfinite(value):
+        problems.append(Problem(f"expected a finite number, got {raw}", field=at))
+        return None
+    return value
+
+
+def _weights_add_up(share: float, weights: Sequence[float], problems: list[Problem]) -> None:
+    total = math.fsum(weights)
+    if abs(total - share) > WEIGHT_TOLERANCE:
+        problems.append(
+            Problem(
+                f"personal goal weights add up to {total:g}%, must be {share:g}%",
+                field="personal.weight",
+            )
+        )
+
+
+def _check_personal_share(policy: Policy, personal: Sequence[Goal]) -> None:
+    share = policy.personal_goals
+    problems: list[Problem] = []
+    if len(personal) < share.min:
+        problems.append(
+            Problem(f"add at least {share.min} personal goals before signing", field="personal")
+        )
+    if personal:
+        _weights_add_up(share.weight, [g.weight for g in personal], problems)
+    if problems:
+        raise InvalidInput(problems)
+
+
+def _rebalance_category(policy: Policy, indicator_goals: Sequence[Goal], personal: bool) -> None:
+    """Indicator goals' weights, with (or without) the personal share taken from their category."""
+    share = policy.personal_goals
+    weights = {c.id: c.weight for c in policy.categories}
+    by_id = {i.id: i for i in policy.indicators}
+    for g in indicator_goals:
+        ind = by_id.get(g.indicator_id)
+        if ind is None:
+            continue
+        category = weights[ind.category]
+        kept = category - share.weight if personal and ind.category == share.category else category
+        g.weight = kept * ind.weight / 100
+
+
+def _personal_view(g: Goal) -> dict[str, Any]:
+    return {
+        "title": g.title,
+        "measure": g.measure,
+        "target": g.target,
+        "deadline": g.deadline.isoformat() if g.deadline else None,
+        "weight": g.weight,
+    }
 
 
 def _check_approver(session: Session, cycle_id: int, employee_id: str, actor: str) -> None:

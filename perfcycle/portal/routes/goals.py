@@ -7,13 +7,15 @@ that the stage still accepts signatures and says why when it does not.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
-from perfcycle import clock
-from perfcycle.errors import InvalidInput
+from perfcycle import clock, engine
+from perfcycle.errors import InvalidInput, Problem
 from perfcycle.models import Cycle, StageName
 from perfcycle.portal import i18n, services
 from perfcycle.portal.deps import (
@@ -26,7 +28,14 @@ from perfcycle.portal.deps import (
     render,
     session_task_token,
 )
-from perfcycle.stages.target_setting import approve_goals, return_goals, submit_goals
+from perfcycle.stages.target_setting import (
+    PERSONAL_FIELDS,
+    approve_goals,
+    return_goals,
+    save_personal_goals,
+    set_target,
+    submit_goals,
+)
 
 router = APIRouter()
 
@@ -73,6 +82,38 @@ i18n.add_messages(
             "en": "None of your reports take part in this cycle.",
         },
         "goals.saved": {"zh-CN": "已保存。", "en": "Saved."},
+        "goals.personal": {"zh-CN": "个人目标", "en": "Personal goal"},
+        "goals.personal_title": {
+            "zh-CN": "我的个人目标（SMART）",
+            "en": "My personal goals (SMART)",
+        },
+        "goals.personal_intro": {
+            "zh-CN": "最多 {max} 个，计入“{category}”类别；权重合计必须为 {weight}%。"
+            "目标应具体、可衡量、可实现、相关并有期限。留空的行不会保存。",
+            "en": "Up to {max}, scored in {category}; their weights must add up to {weight}%. "
+            "Make each specific, measurable, achievable, relevant and time-bound. Blank rows "
+            "are not saved.",
+        },
+        "goals.personal_min": {
+            "zh-CN": "提交前至少需要 {min} 个个人目标。",
+            "en": "At least {min} personal goals are needed before you sign.",
+        },
+        "goals.field.title": {"zh-CN": "目标（做什么）", "en": "Goal (what)"},
+        "goals.field.measure": {"zh-CN": "衡量方式", "en": "Measure"},
+        "goals.field.target": {"zh-CN": "目标值", "en": "Target"},
+        "goals.field.deadline": {"zh-CN": "完成期限", "en": "Deadline"},
+        "goals.field.weight": {"zh-CN": "权重 %", "en": "Weight %"},
+        "goals.my_target": {"zh-CN": "我的目标值", "en": "My target"},
+        "goals.save_changes": {"zh-CN": "保存修改", "en": "Save changes"},
+        "goals.fix_errors": {
+            "zh-CN": "请修改标出的问题，尚未保存任何内容。",
+            "en": "Please correct the marked fields; nothing was saved yet.",
+        },
+        "goals.edit_then_sign": {
+            "zh-CN": "修改保存后再确认提交；提交后只有经理退回才能再修改。",
+            "en": "Save your changes, then sign. After signing, only a return by your manager "
+            "reopens the sheet.",
+        },
     }
 )
 
@@ -136,22 +177,134 @@ def goals_page(
     viewer: ViewerDep,
 ) -> HTMLResponse:
     the_cycle = load_cycle(session, request, cycle)
-    mine = services.goal_sheet(session, cycle, viewer.person_id)
-    team = services.team_goal_sheets(session, cycle, viewer.person_id)
-    stage = services.stage_instance(session, cycle, StageName.target_setting)
+    return render_goals(
+        request,
+        session,
+        the_cycle,
+        viewer.person_id,
+        Edits.saved_on(session, the_cycle.id, viewer.person_id),
+    )
+
+
+@dataclass
+class Edits:
+    """What the employee's edit form shows: saved values, or what they typed when refused."""
+
+    personal: list[dict[str, str]]
+    targets: dict[str, str]
+    errors: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def saved_on(cls, session: Session, cycle_id: int, employee_id: str) -> Edits:
+        sheet = services.goal_sheet(session, cycle_id, employee_id)
+        personal = [
+            {
+                "title": g.title,
+                "measure": g.measure or "",
+                "target": _num(g.target),
+                "deadline": g.deadline.isoformat() if g.deadline else "",
+                "weight": _num(g.weight),
+            }
+            for g in sheet.personal
+        ]
+        targets = {g.indicator_id: _num(g.target) for g in sheet.goals if not g.locked}
+        return cls(personal, targets)
+
+    @classmethod
+    def typed_in(cls, form: FormData, rows: int) -> Edits:
+        personal = [
+            {f: form_text(form, f"personal.{n}.{f}") for f in PERSONAL_FIELDS}
+            for n in range(1, rows + 1)
+        ]
+        targets = {
+            key.removeprefix("target."): value
+            for key, value in form.multi_items()
+            if key.startswith("target.") and isinstance(value, str)
+        }
+        return cls(personal, targets)
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+def render_goals(
+    request: Request,
+    session: Session,
+    cycle: Cycle,
+    person_id: str,
+    edits: Edits,
+    status_code: int = 200,
+) -> HTMLResponse:
+    stage = services.stage_instance(session, cycle.id, StageName.target_setting)
     accepting = stage is not None and stage.state == "open" and clock.now() < stage.due_at
+    share = engine.cycle_policy(cycle).personal_goals if cycle.policy_snapshot else None
+    locale = locale_of(request)
+    category = ""
+    if share is not None and share.max:
+        policy = engine.cycle_policy(cycle)
+        category = next(c.name.get(locale) for c in policy.categories if c.id == share.category)
+    # Blank rows up to the policy's maximum, so adding a goal needs no script.
+    rows = edits.personal + [dict.fromkeys(PERSONAL_FIELDS, "")] * (
+        (share.max if share else 0) - len(edits.personal)
+    )
     return render(
         request,
         "goals.html",
         {
-            "cycle": the_cycle,
-            "mine": mine,
-            "team": team,
+            "cycle": cycle,
+            "mine": services.goal_sheet(session, cycle.id, person_id),
+            "team": services.team_goal_sheets(session, cycle.id, person_id),
             "stage": stage,
             "accepting": accepting,
             "saved": request.query_params.get("saved") == "1",
+            "share": share,
+            "share_category": category,
+            "rows": rows,
+            "targets": edits.targets,
+            "errors": edits.errors,
         },
+        status_code=status_code,
     )
+
+
+@router.post("/goals/edit", response_model=None)
+def edit(
+    request: Request,
+    session: SessionDep,
+    viewer: ViewerDep,
+    form: CsrfForm,
+) -> Response:
+    """Save the employee's own targets (unlocked indicators) and personal goals, all or nothing."""
+    cycle = load_cycle(session, request, form_int(form, "cycle"))
+    require_open_stage(session, request, cycle, StageName.target_setting)
+    share = engine.cycle_policy(cycle).personal_goals
+    edits = Edits.typed_in(form, share.max)
+    sheet = services.goal_sheet(session, cycle.id, viewer.person_id)
+    problems: list[Problem] = []
+    for indicator_id, typed in edits.targets.items():
+        saved = next((g for g in sheet.goals if g.indicator_id == indicator_id), None)
+        if saved is not None and typed.strip() == _num(saved.target):
+            continue  # unchanged: no audit event for a target nobody touched
+        try:
+            set_target(
+                session, cycle.id, viewer.person_id, indicator_id, typed, actor=viewer.person_id
+            )
+        except InvalidInput as exc:
+            problems.extend(exc.problems)
+    if share.max:
+        try:
+            save_personal_goals(
+                session, cycle.id, viewer.person_id, edits.personal, actor=viewer.person_id
+            )
+        except InvalidInput as exc:
+            problems.extend(exc.problems)
+    if problems:
+        session.rollback()
+        for problem in problems:
+            edits.errors.setdefault(problem.field or "", []).append(problem.message)
+        return render_goals(request, session, cycle, viewer.person_id, edits, status_code=422)
+    return RedirectResponse(f"/goals?cycle={cycle.id}&saved=1", status_code=303)
 
 
 @router.post("/goals/submit")
