@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from perfcycle import audit, clock
@@ -26,7 +26,8 @@ from perfcycle.models import (
 )
 from perfcycle.notify import Recipient, TaskLink, notify, policy_of
 from perfcycle.policy import Policy, Role
-from perfcycle.stages.base import PendingTask, Progress
+from perfcycle.stages import base
+from perfcycle.stages.base import PendingTask, Progress, close_unfinished
 
 STATES = ("open", "accepted", "filed", "decided", "lapsed")
 OUTCOMES = ("upheld", "adjusted", "re_evaluated")
@@ -87,39 +88,14 @@ class Handler:
         self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
     ) -> dict[str, Any]:
         """Lapse the silent; filed appeals stay with the committee and are counted as such."""
-        lapsed = list(
-            session.scalars(
-                select(Appeal.employee_id)
-                .where(Appeal.cycle_id == cycle.id, Appeal.state == "open")
-                .order_by(Appeal.employee_id)
-            )
+        lapsed = close_unfinished(
+            session, Appeal, cycle, stage="appeal", unfinished="open", closed_as="lapsed"
         )
-        if lapsed:
-            session.execute(
-                update(Appeal)
-                .where(Appeal.cycle_id == cycle.id, Appeal.state == "open")
-                .values(state="lapsed")
-            )
-            audit.record(
-                session,
-                actor=audit.SYSTEM,
-                action="appeal.lapsed",
-                subject=f"cycle:{cycle.id}/stage:appeal",
-                cycle_id=cycle.id,
-                before={"state": "open"},
-                after={"state": "lapsed", "employees": lapsed},
-            )
         return {**count_by_state(session, cycle.id), "marked_lapsed": len(lapsed)}
 
 
 def count_by_state(session: Session, cycle_id: int) -> dict[str, int]:
-    counts = dict.fromkeys(STATES, 0)
-    rows = session.execute(
-        select(Appeal.state, func.count()).where(Appeal.cycle_id == cycle_id).group_by(Appeal.state)
-    )
-    for state, n in rows:
-        counts[state] = n
-    return counts
+    return base.count_by_state(session, Appeal, cycle_id, STATES)
 
 
 def _create_appeals(session: Session, cycle: Cycle) -> list[str]:

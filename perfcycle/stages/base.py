@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from perfcycle.models import Cycle, StageInstance
+from perfcycle import audit
+from perfcycle.models import Appeal, Cycle, ImprovementPlan, Interview, StageInstance
 from perfcycle.policy import Policy, Role
 
 
@@ -69,3 +72,51 @@ class StageHandler(Protocol):
     ) -> dict[str, Any]:
         """Close what is still open (mark it expired/missed/lapsed) and return summary counts."""
         ...
+
+
+# ---------------------------------------------------------------- per-employee records
+
+# Stages whose records are one row per employee with a `state` (interview, plan, appeal).
+PerEmployeeRecord = type[Interview] | type[ImprovementPlan] | type[Appeal]
+
+
+def count_by_state(
+    session: Session, model: PerEmployeeRecord, cycle_id: int, states: Sequence[str]
+) -> dict[str, int]:
+    """Rows of the cycle per state, every state present (0 when none)."""
+    counts = dict.fromkeys(states, 0)
+    rows = session.execute(
+        select(model.state, func.count()).where(model.cycle_id == cycle_id).group_by(model.state)
+    )
+    for state, n in rows:
+        counts[state] = n
+    return counts
+
+
+def close_unfinished(
+    session: Session,
+    model: PerEmployeeRecord,
+    cycle: Cycle,
+    *,
+    stage: str,
+    unfinished: str,
+    closed_as: str,
+) -> list[str]:
+    """At the stage's end, mark the rows still `unfinished` as `closed_as`, with one audit event
+    naming the employees; returns their ids (sorted)."""
+    where = (model.cycle_id == cycle.id, model.state == unfinished)
+    employees = list(
+        session.scalars(select(model.employee_id).where(*where).order_by(model.employee_id))
+    )
+    if employees:
+        session.execute(update(model).where(*where).values(state=closed_as))
+        audit.record(
+            session,
+            actor=audit.SYSTEM,
+            action=f"{stage}.{closed_as}",
+            subject=f"cycle:{cycle.id}/stage:{stage}",
+            cycle_id=cycle.id,
+            before={"state": unfinished},
+            after={"state": closed_as, "employees": employees},
+        )
+    return employees

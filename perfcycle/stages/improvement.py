@@ -11,7 +11,7 @@ import re
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
 from perfcycle import audit, clock
@@ -30,7 +30,8 @@ from perfcycle.models import (
 from perfcycle.notify import Recipient, TaskLink, notify, policy_of
 from perfcycle.policy import Policy, Role
 from perfcycle.roles import is_hr
-from perfcycle.stages.base import PendingTask, Progress
+from perfcycle.stages import base
+from perfcycle.stages.base import PendingTask, Progress, close_unfinished
 
 STATES = ("open", "closed", "lapsed")
 WEAKEST_COUNT = 2
@@ -97,41 +98,19 @@ class Handler:
     def close(
         self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
     ) -> dict[str, Any]:
-        lapsed = list(
-            session.scalars(
-                select(ImprovementPlan.employee_id)
-                .where(ImprovementPlan.cycle_id == cycle.id, ImprovementPlan.state == "open")
-                .order_by(ImprovementPlan.employee_id)
-            )
+        lapsed = close_unfinished(
+            session,
+            ImprovementPlan,
+            cycle,
+            stage="improvement",
+            unfinished="open",
+            closed_as="lapsed",
         )
-        if lapsed:
-            session.execute(
-                update(ImprovementPlan)
-                .where(ImprovementPlan.cycle_id == cycle.id, ImprovementPlan.state == "open")
-                .values(state="lapsed")
-            )
-            audit.record(
-                session,
-                actor=audit.SYSTEM,
-                action="improvement.lapsed",
-                subject=f"cycle:{cycle.id}/stage:improvement",
-                cycle_id=cycle.id,
-                before={"state": "open"},
-                after={"state": "lapsed", "employees": lapsed},
-            )
         return {**count_by_state(session, cycle.id), "marked_lapsed": len(lapsed)}
 
 
 def count_by_state(session: Session, cycle_id: int) -> dict[str, int]:
-    counts = dict.fromkeys(STATES, 0)
-    rows = session.execute(
-        select(ImprovementPlan.state, func.count())
-        .where(ImprovementPlan.cycle_id == cycle_id)
-        .group_by(ImprovementPlan.state)
-    )
-    for state, n in rows:
-        counts[state] = n
-    return counts
+    return base.count_by_state(session, ImprovementPlan, cycle_id, STATES)
 
 
 def add_months(day: date, months: int) -> date:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
 from perfcycle import audit, clock
@@ -18,7 +18,8 @@ from perfcycle.errors import InvalidInput, Problem
 from perfcycle.models import Cycle, Employee, Interview, Participant, StageInstance, StageName
 from perfcycle.notify import Recipient, TaskLink, notify, policy_of, stage_of
 from perfcycle.policy import Policy, Role
-from perfcycle.stages.base import PendingTask, Progress
+from perfcycle.stages import base
+from perfcycle.stages.base import PendingTask, Progress, close_unfinished
 
 STATES = ("scheduled", "held", "acknowledged", "missed")
 # A held interview may still be corrected by the manager until the employee acknowledges it.
@@ -95,41 +96,14 @@ class Handler:
     def close(
         self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
     ) -> dict[str, Any]:
-        missed = list(
-            session.scalars(
-                select(Interview.employee_id)
-                .where(Interview.cycle_id == cycle.id, Interview.state == "scheduled")
-                .order_by(Interview.employee_id)
-            )
+        missed = close_unfinished(
+            session, Interview, cycle, stage="interview", unfinished="scheduled", closed_as="missed"
         )
-        if missed:
-            session.execute(
-                update(Interview)
-                .where(Interview.cycle_id == cycle.id, Interview.state == "scheduled")
-                .values(state="missed")
-            )
-            audit.record(
-                session,
-                actor=audit.SYSTEM,
-                action="interview.missed",
-                subject=f"cycle:{cycle.id}/stage:interview",
-                cycle_id=cycle.id,
-                before={"state": "scheduled"},
-                after={"state": "missed", "employees": missed},
-            )
         return {**count_by_state(session, cycle.id), "marked_missed": len(missed)}
 
 
 def count_by_state(session: Session, cycle_id: int) -> dict[str, int]:
-    counts = dict.fromkeys(STATES, 0)
-    rows = session.execute(
-        select(Interview.state, func.count())
-        .where(Interview.cycle_id == cycle_id)
-        .group_by(Interview.state)
-    )
-    for state, n in rows:
-        counts[state] = n
-    return counts
+    return base.count_by_state(session, Interview, cycle_id, STATES)
 
 
 def _create_interviews(session: Session, cycle: Cycle) -> list[str]:
