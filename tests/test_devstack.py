@@ -1,13 +1,15 @@
-"""The local stack (`perfcycle up`) and the placeholder portal it serves."""
+"""The local stack (`perfcycle up`): Prefect, the portal and the mail sink, started and stopped."""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import socket
+import urllib.parse
 import urllib.request
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -19,13 +21,25 @@ from sqlalchemy.orm import Session
 from perfcycle.db import session_scope
 from perfcycle.devstack import Ports, Stack, StackError, absolute_database_url, pick_free_ports
 from perfcycle.mailsink import list_messages
-from perfcycle.models import Cycle
+from perfcycle.models import Cycle, Department, Employee
 from perfcycle.portal.app import create_app
+from perfcycle.portal.links import issue_link, token_of
 
 
 def get(url: str) -> tuple[int, str]:
     with urllib.request.urlopen(url, timeout=10) as response:
         return int(response.status), response.read().decode()
+
+
+def status_of(url: str) -> int:
+    """The status of a GET, redirects not followed."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.netloc, timeout=10)
+    try:
+        connection.request("GET", parts.path)
+        return connection.getresponse().status
+    finally:
+        connection.close()
 
 
 def live_members(pgids: set[int]) -> list[str]:
@@ -87,12 +101,21 @@ def test_stack_serves_everything_and_leaves_no_process(
         status, body = get(f"{urls['portal']}/healthz")
         assert (status, json.loads(body)) == (200, {"ok": True})
 
-        # Migrated before start, and the portal child reads the same database.
+        # Migrated before start, and the portal child reads the same database: a link stored
+        # here signs in there, a made-up one does not.
         with session_scope(stack.database_url) as session:
-            add_cycle(session, "external_service", "2026-Q4")
+            session.add(Department(id="cs", name="Customer service", type="external_service"))
+            session.add(
+                Employee(id="e1", name="Li Lei", email="li.lei@example.com", department_id="cs")
+            )
+            session.flush()
+            link = issue_link(
+                session, "e1", None, "sign_in", "sign_in", datetime.now(UTC) + timedelta(hours=1)
+            )
+        assert status_of(f"{urls['portal']}/t/{token_of(link)}") == 303
+        assert status_of(f"{urls['portal']}/t/made-up-token") == 404
         status, page = get(urls["portal"])
-        assert status == 200 and "perfcycle portal" in page
-        assert "external_service" in page and "2026-Q4" in page
+        assert status == 200 and 'href="/auth/new-link"' in page
 
         send_mail(stack.ports.mail)
         [stored] = list_messages(stack.mail_dir)
@@ -133,21 +156,27 @@ def test_relative_sqlite_url_is_made_absolute(
     assert absolute_database_url(pg) == pg
 
 
-def test_portal_home_lists_cycles_newest_first(db_url: str, session: Session) -> None:
+def test_portal_home_tells_anonymous_visitors_how_to_sign_in_and_no_cycles(
+    db_url: str, session: Session
+) -> None:
     add_cycle(session, "internal_service", "2026-Q3")
-    add_cycle(session, "professional_support", "2026")
     session.commit()
     client = TestClient(create_app(db_url))
-    page = client.get("/")
+    page = client.get("/?lang=en")
     assert page.status_code == 200
-    assert "<title>perfcycle portal" in page.text
-    assert page.text.index("professional_support") < page.text.index("internal_service")
+    assert "<title>Performance portal · perfcycle</title>" in page.text
+    assert "Your tasks arrive by email" in page.text and 'href="/auth/new-link"' in page.text
+    # The placeholder listed every cycle to anyone; the page now says nothing about them.
+    assert "internal_service" not in page.text and "2026-Q3" not in page.text
     assert client.get("/healthz").json() == {"ok": True}
 
 
 def test_portal_home_says_when_database_is_unreachable(tmp_path: Path) -> None:
     empty = f"sqlite:///{tmp_path}/never-migrated.db"
-    page = TestClient(create_app(empty)).get("/")
+    client = TestClient(create_app(empty))
+    page = client.get("/?lang=en")
     assert page.status_code == 200
     assert "The database is not reachable" in page.text
     assert "no such table: cycles" in page.text
+    assert "数据库不可用" in client.get("/?lang=zh-CN").text
+    assert client.get("/healthz").json() == {"ok": True}

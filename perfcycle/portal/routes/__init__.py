@@ -9,7 +9,7 @@ import importlib
 
 from fastapi import APIRouter
 
-ROUTERS: tuple[str, ...] = ("auth", "goals", "evaluations", "me", "hr", "audit")
+ROUTERS: tuple[str, ...] = ("auth", "goals", "evaluations", "me", "hr", "audit", "home")
 
 
 def load_routers() -> list[APIRouter]:
