@@ -56,7 +56,13 @@ class Player:
 
     def _goals(self, session: Session, cycle: Cycle) -> None:
         from perfcycle.models import Goal, Participant
-        from perfcycle.stages.target_setting import approve_goals, submit_goals
+        from perfcycle.stages.target_setting import (
+            approve_goals,
+            save_personal_goals,
+            submit_goals,
+        )
+
+        share = engine.cycle_policy(cycle).personal_goals
 
         pending = session.execute(
             select(Participant.employee_id, Participant.manager_id).where(
@@ -68,12 +74,34 @@ class Player:
                 ),
             )
         )
-        n = 0
+        n = with_personal = 0
         for employee_id, manager_id in pending.all():
-            submit_goals(session, cycle.id, employee_id, actor=employee_id)
+            states = set(
+                session.scalars(
+                    select(Goal.state).where(
+                        Goal.cycle_id == cycle.id, Goal.employee_id == employee_id
+                    )
+                )
+            )
+            # Every third person adds a personal SMART goal, so the demo shows them scored.
+            if share.max and states == {"proposed"} and zlib.crc32(employee_id.encode()) % 3 == 0:
+                goal = {
+                    "title": "Publish five FAQ articles from recurring tickets",
+                    "measure": "articles published in the knowledge base",
+                    "target": "5",
+                    "deadline": cycle.period_end.isoformat(),
+                    "weight": f"{share.weight:g}",
+                }
+                save_personal_goals(session, cycle.id, employee_id, [goal], actor=employee_id)
+                with_personal += 1
+            if states != {"submitted"}:
+                submit_goals(session, cycle.id, employee_id, actor=employee_id)
             approve_goals(session, cycle.id, employee_id, actor=manager_id or "hr-admin")
             n += 1
-        self.log(f"  cycle {cycle.id}: {n} employees signed their goals with their managers")
+        self.log(
+            f"  cycle {cycle.id}: {n} employees signed their goals with their managers "
+            f"({with_personal} added a personal goal)"
+        )
 
     def _supply_missing_metrics(self, session: Session, cycle: Cycle) -> None:
         """Heads of department handle no tickets: HR supplies their team's average by CSV."""
@@ -143,7 +171,7 @@ class Player:
 
     def _evaluate(self, session: Session, cycle: Cycle) -> None:
         from perfcycle.models import RaterAssignment
-        from perfcycle.stages.evaluation import items_for, submit_evaluation
+        from perfcycle.stages.evaluation import assignment_items, submit_evaluation
 
         policy = engine.cycle_policy(cycle)
         satisfaction: dict[str, float] = dict(
@@ -161,7 +189,8 @@ class Player:
         for a in pending:
             base = satisfaction.get(a.ratee_id, 80.0)
             answers = {}
-            for i, item in enumerate(items_for(policy, a.rater_type)):
+            items = assignment_items(session, policy, a.cycle_id, a.ratee_id, a.rater_type)
+            for i, item in enumerate(items):
                 # Raters broadly agree with the service data, with a personal bias per rater.
                 wobble = zlib.crc32(f"{a.rater_id}:{a.ratee_id}:{item.id}".encode()) % 3 - 1
                 score = max(1, min(5, round(1 + 4 * base / 100) + wobble * (i % 2)))

@@ -29,7 +29,8 @@ from perfcycle.models import (
     Result,
 )
 from perfcycle.policy import Policy
-from perfcycle.scoring import EmployeeScore, score_employee_totals
+from perfcycle.scoring import EmployeeScore, PersonalGoal, score_employee_totals
+from perfcycle.stages.target_setting import agreed_targets, personal_goal_items
 
 BATCH = 5000
 
@@ -95,12 +96,18 @@ def score_participants(session: Session, cycle_id: int, policy: Policy) -> dict[
     ).all()
     metrics = metrics_by_employee(session, cycle_id)
     ratings = rating_totals_by_ratee(session, cycle_id)
+    targets = agreed_targets(session, cycle_id)
+    personal = personal_goals_by_employee(session, cycle_id)
     scores: dict[str, EmployeeScore] = {}
     problems: list[Problem] = []
     for employee_id in participants:
         try:
             scores[employee_id] = score_employee_totals(
-                policy, metrics.get(employee_id, {}), ratings.get(employee_id, {})
+                policy,
+                metrics.get(employee_id, {}),
+                ratings.get(employee_id, {}),
+                targets=targets.get(employee_id, {}),
+                personal=personal.get(employee_id, ()),
             )
         except InvalidInput as exc:
             problems.extend(
@@ -122,6 +129,14 @@ def metrics_by_employee(session: Session, cycle_id: int) -> dict[str, dict[str, 
     for employee_id, metric, value in rows:
         out[employee_id][metric] = value
     return out
+
+
+def personal_goals_by_employee(session: Session, cycle_id: int) -> dict[str, list[PersonalGoal]]:
+    """employee -> their agreed personal goals as scoring sees them, in the order written."""
+    return {
+        employee_id: [PersonalGoal(g.id, g.weight) for g in goals]
+        for employee_id, goals in personal_goal_items(session, cycle_id).items()
+    }
 
 
 def rating_totals_by_ratee(

@@ -2,6 +2,10 @@
 
 Every number is kept as a full float; rounding is for display only. An indicator without data
 scores None and drops out of its category's weighted mean, which is renormalised over the rest.
+
+Two things agreed at target setting enter per employee: the target of an unlocked metric
+indicator, and personal SMART goals, which the superior rates 1-5 and which share
+`policy.personal_goals.weight` percent of the total inside their category.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from perfcycle.errors import InvalidInput, Problem
+from perfcycle.models import RaterType
 from perfcycle.policy import (
     Indicator,
     LinearDeduction,
@@ -41,6 +46,14 @@ class EmployeeScore:
     grade: str
     veto_triggered: bool
     flags: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PersonalGoal:
+    """An agreed personal goal as scoring sees it: its item id and its percent of the total."""
+
+    id: str
+    weight: float
 
 
 def score_indicator(
@@ -74,24 +87,37 @@ def score_employee(
     policy: Policy,
     metrics: Mapping[str, float],
     ratings: Mapping[str, Mapping[str, Sequence[int]]],
+    *,
+    targets: Mapping[str, float] | None = None,
+    personal: Sequence[PersonalGoal] = (),
 ) -> EmployeeScore:
     """Every indicator, category, the total and the grade of one employee.
 
-    `ratings` is {item_id: {rater_type: [scores 1-5]}}.
+    `ratings` is {item_id: {rater_type: [scores 1-5]}}; `targets` the employee's agreed targets
+    by indicator id (only unlocked metric indicators use them); `personal` their agreed personal
+    goals, rated under their own ids.
     """
-    return score_employee_totals(policy, metrics, totals_of(ratings))
+    return score_employee_totals(
+        policy, metrics, totals_of(ratings), targets=targets, personal=personal
+    )
 
 
 def score_employee_totals(
-    policy: Policy, metrics: Mapping[str, float], ratings: RatingTotals
+    policy: Policy,
+    metrics: Mapping[str, float],
+    ratings: RatingTotals,
+    *,
+    targets: Mapping[str, float] | None = None,
+    personal: Sequence[PersonalGoal] = (),
 ) -> EmployeeScore:
     """`score_employee` for ratings already summed per item and rater type (e.g. by SQL)."""
     indicators: dict[str, float | None] = {}
     vetoed = False
-    problems: list[Problem] = []
+    problems = personal_goal_problems(policy, personal)
     for ind in policy.indicators:
         try:
-            indicators[ind.id] = score_indicator_totals(ind, metrics, ratings, policy)
+            scored = with_agreed_target(ind, targets or {})
+            indicators[ind.id] = score_indicator_totals(scored, metrics, ratings, policy)
         except InvalidInput as exc:
             problems.extend(exc.problems)
             continue
@@ -99,8 +125,10 @@ def score_employee_totals(
             vetoed = True
     if problems:
         raise InvalidInput(problems)
+    for goal in personal:
+        indicators[goal.id] = score_personal_goal(ratings.get(goal.id, {}))
 
-    categories, flags = score_categories(policy, indicators)
+    categories, flags = score_categories(policy, indicators, personal)
     total = math.fsum(c.weight * categories[c.id] for c in policy.categories) / 100
     return EmployeeScore(
         indicators=indicators,
@@ -113,17 +141,24 @@ def score_employee_totals(
 
 
 def score_categories(
-    policy: Policy, indicators: Mapping[str, float | None]
+    policy: Policy,
+    indicators: Mapping[str, float | None],
+    personal: Sequence[PersonalGoal] = (),
 ) -> tuple[dict[str, float], list[str]]:
     """Weighted mean per category over the indicators with data, and the `missing:` flags."""
     flags = [f"missing:{ind.id}" for ind in policy.indicators if indicators.get(ind.id) is None]
+    flags += [f"missing:{g.id}" for g in personal if indicators.get(g.id) is None]
+    shared = policy.personal_goals.category if personal else None
     categories: dict[str, float] = {}
     for cat in policy.categories:
-        scored = [
-            (ind.weight, score)
-            for ind in policy.indicators
-            if ind.category == cat.id and (score := indicators.get(ind.id)) is not None
-        ]
+        if cat.id == shared:
+            scored = shared_category_pairs(policy, cat.weight, indicators, personal)
+        else:
+            scored = [
+                (ind.weight, score)
+                for ind in policy.indicators
+                if ind.category == cat.id and (score := indicators.get(ind.id)) is not None
+            ]
         if not scored:
             # A category with nothing to stand on earns nothing, and the committee must see why.
             categories[cat.id] = 0.0
@@ -131,6 +166,28 @@ def score_categories(
             continue
         categories[cat.id] = weighted_mean(scored)
     return categories, flags
+
+
+def shared_category_pairs(
+    policy: Policy,
+    category_weight: float,
+    indicators: Mapping[str, float | None],
+    personal: Sequence[PersonalGoal],
+) -> list[tuple[float, float]]:
+    """(weight, score) pairs of the category the personal goals score in, with data.
+
+    Weights are in percent of the total: the category's indicators share what the personal
+    goals leave of the category weight, each goal carries its own weight.
+    """
+    kept = category_weight - policy.personal_goals.weight
+    category = policy.personal_goals.category
+    pairs = [
+        (ind.weight / 100 * kept, score)
+        for ind in policy.indicators
+        if ind.category == category and (score := indicators.get(ind.id)) is not None
+    ]
+    pairs += [(g.weight, score) for g in personal if (score := indicators.get(g.id)) is not None]
+    return pairs
 
 
 def grade_for(policy: Policy, total: float, veto_triggered: bool) -> str:
@@ -151,6 +208,61 @@ def grade_for(policy: Policy, total: float, veto_triggered: bool) -> str:
 
 
 # ---------------------------------------------------------------- one rule each
+
+
+def with_agreed_target(indicator: Indicator, targets: Mapping[str, float]) -> Indicator:
+    """The indicator with the employee's agreed target, if the policy leaves its target open.
+
+    A locked indicator keeps the policy's target whatever `targets` holds: the policy decides
+    which targets are negotiable, not the data handed in.
+    """
+    if not isinstance(indicator, MetricIndicator) or indicator.locked:
+        return indicator
+    target = targets.get(indicator.id)
+    if target is None:
+        return indicator
+    at = f"indicators.{indicator.id}"
+    if not math.isfinite(target):
+        raise InvalidInput([Problem(f"agreed target {target} is not a finite number", field=at)])
+    if isinstance(indicator.rule, Ratio) and target <= 0:
+        raise InvalidInput(
+            [Problem(f"agreed target {target} must be above 0 under a ratio rule", field=at)]
+        )
+    rule = indicator.rule.model_copy(update={"target": float(target)})
+    return indicator.model_copy(update={"rule": rule})
+
+
+def score_personal_goal(by_type: Mapping[str, tuple[int, int]]) -> float | None:
+    """The superior's mean attainment rating times 20; None until a superior rated it.
+
+    Only the superior judges whether a goal agreed with them was met, so other rater types'
+    answers under the goal's id (there should be none) count for nothing.
+    """
+    total, count = by_type.get(RaterType.superior.value, (0, 0))
+    if count == 0:
+        return None
+    return total / count * 20
+
+
+def personal_goal_problems(policy: Policy, personal: Sequence[PersonalGoal]) -> list[Problem]:
+    """Personal goals the policy cannot score: none allowed, a clashing id, a bad weight."""
+    if not personal:
+        return []
+    if policy.personal_goals.category is None:
+        return [Problem("the policy has no personal goals, yet some were given", field="personal")]
+    taken = {ind.id for ind in policy.indicators}
+    problems: list[Problem] = []
+    for goal in personal:
+        if goal.id in taken:
+            problems.append(
+                Problem(f"{goal.id} is already an indicator's or a goal's id", field=goal.id)
+            )
+        taken.add(goal.id)
+        if not (math.isfinite(goal.weight) and goal.weight > 0):
+            problems.append(
+                Problem(f"personal goal weight {goal.weight} must be above 0", field=goal.id)
+            )
+    return problems
 
 
 def score_metric(indicator: MetricIndicator, value: float) -> float:

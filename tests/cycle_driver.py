@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from perfcycle import cycles, engine
 from perfcycle.db import session_scope
 from perfcycle.demo import Player
 from perfcycle.demo_data import generate_tickets, sample_org, write_org_csv
-from perfcycle.models import Base, Cycle
+from perfcycle.models import Base, Cycle, RaterAssignment
 from perfcycle.org import import_org_csv
 from perfcycle.stages.calibration import DecisionInput, apply_decision
+from perfcycle.stages.evaluation import assignment_items
 
 
 def launch(url: str, policy: str, period: str, scope: list[str] | None = None,
@@ -27,6 +29,17 @@ def launch(url: str, policy: str, period: str, scope: list[str] | None = None,
         valid = cycles.validate_launch(session, cycles.LaunchRequest(policy, period, scope or []))
         cycle, _ = cycles.open_cycle(session, valid, run_id)
         return cycle.id
+
+
+def full_answers(
+    session: Session, assignment: RaterAssignment, score: int = 4, comment: str = ""
+) -> dict[str, tuple[int, str]]:
+    """One answer per item of the assignment's form, its ratee's personal goals included."""
+    policy = engine.cycle_policy(engine.get_cycle(session, assignment.cycle_id))
+    items = assignment_items(
+        session, policy, assignment.cycle_id, assignment.ratee_id, assignment.rater_type
+    )
+    return {i.id: (score, comment) for i in items}
 
 
 def run_until_wait(url: str, cycle_id: int) -> engine.StageStatus:

@@ -21,7 +21,15 @@ from sqlalchemy import func, select, text
 from perfcycle import db, engine
 from perfcycle.cli import main
 from perfcycle.db import get_engine, session_scope
-from perfcycle.models import AuditEvent, Cycle, Evaluation, Participant, RaterAssignment, Result
+from perfcycle.models import (
+    AuditEvent,
+    Cycle,
+    Evaluation,
+    Goal,
+    Participant,
+    RaterAssignment,
+    Result,
+)
 from perfcycle.settings import REPO_ROOT, get_settings
 from perfcycle.stages.evaluation import items_for
 from tests.cycle_driver import (
@@ -167,11 +175,20 @@ def test_results_json_one_object_per_employee(
             r.employee_id: (r.total, r.grade)
             for r in session.scalars(select(Result).where(Result.cycle_id == cycle_id))
         }
+        personal: dict[str, set[str]] = {}
+        for employee_id, goal_id in session.execute(
+            select(Goal.employee_id, Goal.indicator_id).where(
+                Goal.cycle_id == cycle_id, Goal.kind == "personal"
+            )
+        ):
+            personal.setdefault(employee_id, set()).add(goal_id)
     assert isinstance(rows, list)
+    assert personal, "the demo adds personal goals for some people"
     assert sorted(r["employee_id"] for r in rows) == sorted(participants)
     for row in rows:
         assert set(row) >= RESULT_KEYS
-        assert set(row["indicators"]) == {i.id for i in policy.indicators}
+        own = personal.get(row["employee_id"], set())
+        assert set(row["indicators"]) == {i.id for i in policy.indicators} | own
         assert set(row["categories"]) == {c.id for c in policy.categories}
         assert all(isinstance(v, int | float) for v in row["categories"].values())
         assert (row["total"], row["grade"]) == stored[row["employee_id"]]

@@ -46,12 +46,13 @@ from perfcycle.settings import REPO_ROOT, get_settings
 from perfcycle.stages import calibration as calibration_stage
 from perfcycle.stages import evaluation as evaluation_stage
 from perfcycle.stages import target_setting as target_setting_stage
-from perfcycle.stages.evaluation import items_for, submit_evaluation
+from perfcycle.stages.evaluation import submit_evaluation
 from tests.cycle_driver import (
     DemoOrg,
     InjectedCrash,
     act,
     decide,
+    full_answers,
     launch,
     play_until_waiting_at,
     play_whole_cycle,
@@ -617,7 +618,7 @@ def _submit_some(url: str, cycle_id: int, n: int) -> set[int]:
             .limit(n)
         ).all()
         for a in pending:
-            answers = {i.id: (4, "seen at work") for i in items_for(policy, a.rater_type)}
+            answers = full_answers(session, a, comment="seen at work")
             submit_evaluation(session, a.id, answers, actor=a.rater_id, policy=policy)
         return {a.id for a in pending}
 

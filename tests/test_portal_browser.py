@@ -37,6 +37,7 @@ from tests.browser_support import (
 )
 from tests.cycle_driver import (
     decide,
+    full_answers,
     launch,
     play_until_waiting_at,
     prepare_demo_org,
@@ -310,7 +311,7 @@ def test_an_employee_sees_rater_groups_only_when_enough_raters_answered(
         assert policy.anonymity_threshold == 3
         for a in assignments:
             if a.id != skipped.id:
-                answers = {i.id: (4, "") for i in items_for(policy, a.rater_type)}
+                answers = full_answers(s, a)
                 submit_evaluation(s, a.id, answers, a.rater_id, policy)
         due = engine.stage_instances(s, cycle_id)["evaluation"].due_at
     # Past the deadline and its extension the stage closes; the committee approves calibration.

@@ -24,10 +24,9 @@ from perfcycle.portal.app import create_app
 from perfcycle.settings import get_settings
 from perfcycle.stages.evaluation import submit_evaluation
 from perfcycle.stages.target_setting import submit_goals
-from tests.cycle_driver import launch, run_until_wait
+from tests.cycle_driver import full_answers, launch, run_until_wait
 from tests.test_portal_pages import (
     POLICY,
-    answers_for,
     at_evaluation,
     first_report,
     freeze,
@@ -170,7 +169,7 @@ def tasks_in_two_cycles(url: str, evaluating: int) -> None:
 
     with session_scope(url) as s:
         for a in mine:
-            answers = answers_for(s, evaluating, a.rater_type)
+            answers = full_answers(s, a)
             policy = engine.cycle_policy(engine.get_cycle(s, evaluating))
             submit_evaluation(s, a.id, answers, person, policy)
     page = client.get("/")

@@ -19,7 +19,6 @@ import yaml
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session
 
 from perfcycle import engine
 from perfcycle.db import session_scope
@@ -42,6 +41,7 @@ from perfcycle.stages.evaluation import items_for, submit_evaluation
 from perfcycle.stages.target_setting import submit_goals
 from tests.cycle_driver import (
     decide,
+    full_answers,
     launch,
     play_until_waiting_at,
     prepare_demo_org,
@@ -261,11 +261,6 @@ def pending_of(url: str, cycle_id: int) -> list[RaterAssignment]:
         )
 
 
-def answers_for(session: Session, cycle_id: int, rater_type: str) -> dict[str, tuple[int, str]]:
-    policy = engine.cycle_policy(engine.get_cycle(session, cycle_id))
-    return {i.id: (4, "") for i in items_for(policy, rater_type)}
-
-
 def form_of(answers: dict[str, tuple[int | str, str]], token: str) -> dict[str, Any]:
     data: dict[str, Any] = {"csrf_token": token}
     for item, (score, comment) in answers.items():
@@ -356,7 +351,7 @@ def test_a_rater_cannot_open_or_submit_another_raters_form(db_url: str, cycle: i
     assert client.get(f"/evaluations/{theirs.id}").status_code == 403
     token = csrf_of(client.get(f"/evaluations/{mine.id}").text)
     with session_scope(db_url) as s:
-        answers = answers_for(s, cycle, theirs.rater_type)
+        answers = full_answers(s, theirs)
     response = client.post(f"/evaluations/{theirs.id}", data=form_of(dict(answers), token))
     assert response.status_code == 403
     assert state_of(db_url, theirs.id) == "pending"
@@ -369,7 +364,7 @@ def test_a_submission_after_the_deadline_is_refused_and_changes_nothing(
     at_evaluation(db_url, cycle)
     mine = pending_of(db_url, cycle)[0]
     with session_scope(db_url) as s:
-        answers = answers_for(s, cycle, mine.rater_type)
+        answers = full_answers(s, mine)
         due = engine.stage_instances(s, cycle)["evaluation"].due_at
     # The rater opens the form an hour before the deadline and posts it two hours later.
     freeze(monkeypatch, due - timedelta(hours=1))
@@ -392,9 +387,9 @@ def test_the_last_submission_tries_to_resume_the_flow_and_is_saved_without_prefe
     with session_scope(db_url) as s:
         policy = engine.cycle_policy(engine.get_cycle(s, cycle))
         for a in others:
-            answers = answers_for(s, cycle, a.rater_type)
+            answers = full_answers(s, a)
             submit_evaluation(s, a.id, answers, a.rater_id, policy)
-        mine = answers_for(s, cycle, last.rater_type)
+        mine = full_answers(s, last)
     with caplog.at_level(logging.INFO, logger="perfcycle.portal.routes.evaluations"):
         response = client.post(f"/evaluations/{last.id}", data=form_of(dict(mine), token))
     assert response.status_code == 303
@@ -426,7 +421,7 @@ def test_the_transparency_page_shows_evidence_scores_and_only_big_enough_rater_g
         for a in pending:
             if a.id != skipped.id:
                 submit_evaluation(
-                    s, a.id, answers_for(s, cycle_id, a.rater_type), a.rater_id, policy
+                    s, a.id, full_answers(s, a), a.rater_id, policy
                 )
         due = engine.stage_instances(s, cycle_id)["evaluation"].due_at
     before = signed_in(db_url, full, cycle_id, "results", f"cycle:{cycle_id}")

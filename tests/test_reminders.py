@@ -27,10 +27,11 @@ from perfcycle.models import (
 from perfcycle.portal import links
 from perfcycle.settings import get_settings
 from perfcycle.stages import improvement
-from perfcycle.stages.evaluation import items_for, submit_evaluation
+from perfcycle.stages.evaluation import submit_evaluation
 from perfcycle.stages.target_setting import approve_goals, submit_goals
 from tests.cycle_driver import (
     DemoOrg,
+    full_answers,
     launch,
     play_until_waiting_at,
     prepare_demo_org,
@@ -404,7 +405,7 @@ def _submit(url: str, cycle_id: int, assignments: list[RaterAssignment]) -> None
     with session_scope(url) as s:
         policy = engine.cycle_policy(engine.get_cycle(s, cycle_id))
         for a in assignments:
-            answers = {i.id: (4, "") for i in items_for(policy, a.rater_type)}
+            answers = full_answers(s, a)
             submit_evaluation(s, a.id, answers, actor=a.rater_id, policy=policy)
 
 

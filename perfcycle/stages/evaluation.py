@@ -35,6 +35,7 @@ from perfcycle.notify import Recipient, TaskLink, notify
 from perfcycle.org import read_csv
 from perfcycle.policy import Policy, RatedIndicator, Role
 from perfcycle.stages.base import PendingTask, Progress
+from perfcycle.stages.target_setting import PersonalGoalItem, personal_goal_items
 
 PENDING, SUBMITTED, EXPIRED = "pending", "submitted", "expired"
 # The order rater types are drawn in: later types avoid the people earlier types took.
@@ -376,12 +377,37 @@ def _state_counts(session: Session, cycle_id: int) -> dict[str, int]:
 
 
 def items_for(policy: Policy, rater_type: str) -> list[RatedIndicator]:
-    """The rated indicators this rater type scores, in policy order."""
+    """The policy's rated indicators this rater type scores, in policy order."""
     return [
         ind
         for ind in policy.indicators
         if isinstance(ind, RatedIndicator) and (ind.raters is None or rater_type in ind.raters)
     ]
+
+
+FormItemSpec = RatedIndicator | PersonalGoalItem
+
+
+def items_with_goals(
+    policy: Policy, rater_type: str, goals: Sequence[PersonalGoalItem]
+) -> list[FormItemSpec]:
+    """The items of one form: the policy's rated items for the rater type, then, on the
+    superior's form only, one per personal goal of the ratee (`goals`)."""
+    items: list[FormItemSpec] = list(items_for(policy, rater_type))
+    if rater_type == RaterType.superior.value:
+        items += goals
+    return items
+
+
+def assignment_items(
+    session: Session, policy: Policy, cycle_id: int, ratee_id: str, rater_type: str
+) -> list[FormItemSpec]:
+    """The items of one assignment's form. The portal form, submit_evaluation, drafts and the
+    paper-form import all ask this, so none of them can disagree about a ratee's goals."""
+    goals: list[PersonalGoalItem] = []
+    if rater_type == RaterType.superior.value:  # the only form that rates goals: spare the query
+        goals = personal_goal_items(session, cycle_id, [ratee_id]).get(ratee_id, [])
+    return items_with_goals(policy, rater_type, goals)
 
 
 def _score_problem(score: object) -> str | None:
@@ -398,7 +424,7 @@ class AnswerProblem:
 
 
 def answer_problems(
-    items: Sequence[RatedIndicator], answers: Mapping[str, tuple[object, str]]
+    items: Sequence[FormItemSpec], answers: Mapping[str, tuple[object, str]]
 ) -> list[AnswerProblem]:
     """Every missing, unknown or invalid answer of one form."""
     known = {i.id: i for i in items}
@@ -465,7 +491,10 @@ def submit_evaluation(
     state_problem = _state_problem(assignment.state)
     if state_problem:
         raise InvalidInput([Problem(state_problem, field="assignment")])
-    problems = answer_problems(items_for(policy, assignment.rater_type), answers)
+    items = assignment_items(
+        session, policy, assignment.cycle_id, assignment.ratee_id, assignment.rater_type
+    )
+    problems = answer_problems(items, answers)
     if problems:
         raise InvalidInput([Problem(p.message, field=p.item) for p in problems])
     _upsert_evaluations(
@@ -510,7 +539,10 @@ def save_draft(
     state_problem = _state_problem(assignment.state)
     if state_problem:
         problems.append(Problem(state_problem, field="assignment"))
-    known = {i.id for i in items_for(policy, assignment.rater_type)}
+    items = assignment_items(
+        session, policy, assignment.cycle_id, assignment.ratee_id, assignment.rater_type
+    )
+    known = {i.id for i in items}
     for item, (score, _comment) in answers.items():
         if item not in known:
             problems.append(Problem(f"'{item}' is not an item of this form", field=item))
@@ -650,6 +682,7 @@ def _form_problems(
     key: tuple[str, str, str],
     cycle_id: int,
     policy: Policy,
+    goals: Mapping[str, Sequence[PersonalGoalItem]],
     file: str,
 ) -> list[Problem]:
     rater_id, ratee_id, rater_type = key
@@ -669,7 +702,9 @@ def _form_problems(
     return [
         # A missing item has no row of its own: point at the form's first row.
         Problem(p.message, file, form.lines.get(p.item, form.line), p.column)
-        for p in answer_problems(items_for(policy, rater_type), form.answers)
+        for p in answer_problems(
+            items_with_goals(policy, rater_type, goals.get(ratee_id, [])), form.answers
+        )
     ]
 
 
@@ -691,8 +726,10 @@ def import_evaluations_csv(
             select(RaterAssignment).where(RaterAssignment.cycle_id == cycle_id)
         )
     }
+    # One query for every ratee's personal goals, not one per paper form.
+    goals = personal_goal_items(session, cycle_id)
     for key, form in forms.items():
-        problems += _form_problems(form, assignments.get(key), key, cycle_id, policy, file)
+        problems += _form_problems(form, assignments.get(key), key, cycle_id, policy, goals, file)
     if problems:
         raise InvalidInput(sorted(problems, key=lambda p: p.line or 0))
     for key, form in forms.items():

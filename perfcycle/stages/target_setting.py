@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -276,6 +277,26 @@ def return_goals(
 
 PERSONAL = "personal"
 PERSONAL_FIELDS = ("title", "measure", "target", "deadline", "weight")
+# Like a rated item's default: the extremes of a judgement must be explained.
+GOAL_COMMENT_REQUIRED_FOR = (1, 5)
+
+
+@dataclass(frozen=True)
+class PersonalGoalItem:
+    """A ratee's agreed personal SMART goal as an item of the superior's form (attainment 1-5).
+
+    `id` is the goal's indicator id (personal-1, ...): answers are stored and scored under it.
+    """
+
+    id: str
+    title: str
+    measure: str
+    target: float
+    deadline: date
+    weight: float
+    comment_required_for: tuple[int, ...] = GOAL_COMMENT_REQUIRED_FOR
+
+
 TEXT_CHARS = (3, 500)
 WEIGHT_TOLERANCE = 0.01  # percent; weights are typed with at most two decimals
 
@@ -404,6 +425,34 @@ def agreed_targets(session: Session, cycle_id: int) -> dict[str, dict[str, float
     out: dict[str, dict[str, float]] = defaultdict(dict)
     for employee_id, indicator_id, target in rows:
         out[employee_id][indicator_id] = target
+    return dict(out)
+
+
+def personal_goal_items(
+    session: Session, cycle_id: int, employee_ids: Sequence[str] | None = None
+) -> dict[str, list[PersonalGoalItem]]:
+    """employee -> their agreed personal goals (all participants' when `employee_ids` is None).
+
+    Only agreed goals: a goal the manager has not signed is not yet something to be rated on.
+    """
+    query = select(Goal).where(
+        Goal.cycle_id == cycle_id, Goal.kind == PERSONAL, Goal.state == "agreed"
+    )
+    if employee_ids is not None:
+        query = query.where(Goal.employee_id.in_(sorted(set(employee_ids))))
+    out: dict[str, list[PersonalGoalItem]] = defaultdict(list)
+    for g in session.scalars(query.order_by(Goal.employee_id, Goal.id)):
+        # The schema guarantees a personal goal's measure, target and deadline.
+        out[g.employee_id].append(
+            PersonalGoalItem(
+                g.indicator_id,
+                g.title,
+                g.measure or "",
+                g.target if g.target is not None else 0.0,
+                g.deadline or date.min,
+                g.weight,
+            )
+        )
     return dict(out)
 
 

@@ -4,6 +4,9 @@ Links of kind `evaluation` open /evaluations?cycle=ID. A rater sees only their o
 and answers. Submitting goes through perfcycle.stages.evaluation.submit_evaluation; the form is
 re-shown with each problem next to its item (422) when it refuses, and nothing is saved. The
 submission that completes the stage resumes the cycle's suspended flow run once committed.
+
+Which items a form has is perfcycle.stages.evaluation.assignment_items: the superior's form also
+rates the attainment of each of the ratee's agreed personal goals.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from starlette.datastructures import FormData
 
 from perfcycle import engine
 from perfcycle.errors import InvalidInput
-from perfcycle.models import Cycle, StageName
+from perfcycle.models import StageName
+from perfcycle.policy import Policy, RatedIndicator
 from perfcycle.portal import i18n, services
 from perfcycle.portal.deps import (
     CsrfForm,
@@ -31,7 +35,14 @@ from perfcycle.portal.deps import (
     run_after_commit,
 )
 from perfcycle.portal.routes.goals import load_cycle, require_open_stage, use_up_link
-from perfcycle.stages.evaluation import items_for, load_draft, save_draft, submit_evaluation
+from perfcycle.stages.evaluation import (
+    FormItemSpec,
+    assignment_items,
+    load_draft,
+    save_draft,
+    submit_evaluation,
+)
+from perfcycle.stages.target_setting import PersonalGoalItem
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -89,6 +100,11 @@ i18n.add_messages(
             "en": "This evaluation was already submitted and cannot be submitted again.",
         },
         "eval.no_answer": {"zh-CN": "请选择分数", "en": "Choose a score"},
+        "eval.goal.attainment.5": {"zh-CN": "远超目标", "en": "Far exceeded the goal"},
+        "eval.goal.attainment.4": {"zh-CN": "超出目标", "en": "Exceeded the goal"},
+        "eval.goal.attainment.3": {"zh-CN": "达成目标", "en": "Met the goal"},
+        "eval.goal.attainment.2": {"zh-CN": "部分达成", "en": "Partly met the goal"},
+        "eval.goal.attainment.1": {"zh-CN": "未达成", "en": "Did not meet the goal"},
         "rater.service_recipient": {"zh-CN": "服务对象", "en": "service recipient"},
         "rater.superior": {"zh-CN": "上级", "en": "superior"},
         "rater.peer": {"zh-CN": "同事", "en": "peer"},
@@ -115,6 +131,9 @@ class FormItem:
     score: int | str | None
     comment: str
     errors: list[str]
+    # A personal goal's terms as agreed (label, value); empty for the policy's items.
+    details: list[tuple[str, str]]
+    kind: str = "indicator"
 
 
 def own_assignment(
@@ -130,34 +149,62 @@ def own_assignment(
     return found
 
 
+def items_of(session: Session, policy: Policy, found: services.AssignmentRow) -> list[FormItemSpec]:
+    return assignment_items(session, policy, found.cycle_id, found.ratee_id, found.rater_type)
+
+
 def form_items(
-    cycle: Cycle,
-    rater_type: str,
+    specs: list[FormItemSpec],
     locale: str,
     answers: dict[str, tuple[int | str | None, str]],
     errors: dict[str, list[str]],
 ) -> list[FormItem]:
-    policy = engine.cycle_policy(cycle)
     items = []
-    for ind in items_for(policy, rater_type):
-        score, comment = answers.get(ind.id, (None, ""))
-        choices = [
-            Choice(level, ind.anchors[level].zh_CN if locale == "zh-CN" else ind.anchors[level].en)
-            for level in SCORE_LEVELS
-            if level in ind.anchors
-        ]
+    for spec in specs:
+        score, comment = answers.get(spec.id, (None, ""))
+        if isinstance(spec, PersonalGoalItem):
+            name, choices, details = spec.title, goal_choices(locale), goal_details(spec, locale)
+        else:
+            name, choices, details = spec.name.get(locale), anchor_choices(spec, locale), []
         items.append(
             FormItem(
-                ind.id,
-                ind.name.get(locale),
+                spec.id,
+                name,
                 choices,
-                sorted(ind.comment_required_for),
+                sorted(spec.comment_required_for),
                 score,
                 comment,
-                errors.get(ind.id, []),
+                errors.get(spec.id, []),
+                details,
+                "personal" if isinstance(spec, PersonalGoalItem) else "indicator",
             )
         )
     return items
+
+
+def anchor_choices(indicator: RatedIndicator, locale: str) -> list[Choice]:
+    anchors = indicator.anchors
+    return [
+        Choice(level, anchors[level].zh_CN if locale == "zh-CN" else anchors[level].en)
+        for level in SCORE_LEVELS
+        if level in anchors
+    ]
+
+
+def goal_choices(locale: str) -> list[Choice]:
+    """The generic attainment scale every personal goal is rated on."""
+    return [
+        Choice(level, i18n.translate(f"eval.goal.attainment.{level}", locale))
+        for level in SCORE_LEVELS
+    ]
+
+
+def goal_details(goal: PersonalGoalItem, locale: str) -> list[tuple[str, str]]:
+    return [
+        (i18n.translate("goals.field.measure", locale), goal.measure),
+        (i18n.translate("goals.field.target", locale), f"{goal.target:g}"),
+        (i18n.translate("goals.field.deadline", locale), goal.deadline.isoformat()),
+    ]
 
 
 def parse_answers(form: FormData, item_ids: list[str]) -> dict[str, tuple[object, str]]:
@@ -208,14 +255,14 @@ def render_form(
     status_code: int = 200,
 ) -> HTMLResponse:
     cycle = load_cycle(session, request, found.cycle_id)
-    locale = locale_of(request)
+    specs = items_of(session, engine.cycle_policy(cycle), found)
     return render(
         request,
         "evaluation_form.html",
         {
             "cycle": cycle,
             "assignment": found,
-            "items": form_items(cycle, found.rater_type, locale, answers, errors),
+            "items": form_items(specs, locale_of(request), answers, errors),
             "stage": services.stage_instance(session, cycle.id, StageName.evaluation),
             "has_errors": bool(errors),
             "general_errors": errors.get("", []),
@@ -254,7 +301,7 @@ def submit_form(
         raise PageError(409, "eval.already_submitted", message)
     require_open_stage(session, request, cycle, StageName.evaluation)
     policy = engine.cycle_policy(cycle)
-    item_ids = [i.id for i in items_for(policy, found.rater_type)]
+    item_ids = [i.id for i in items_of(session, policy, found)]
     answers = parse_answers(form, item_ids)
     if form.get("action") == "draft":
         return keep_draft(request, session, found, form, answers, item_ids, viewer)

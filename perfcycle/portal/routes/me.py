@@ -2,6 +2,8 @@
 
 Links of kind `results` open /me?cycle=ID. Only the signed-in person's own records are shown;
 rater groups appear as aggregates, and only when the policy's anonymity threshold is met.
+Agreed personal goals are listed with their terms and, once released, their score; results and
+rater groups name them by the goal's title.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from perfcycle.portal.deps import (
     render,
 )
 from perfcycle.portal.routes.goals import load_cycle
+from perfcycle.stages.target_setting import PersonalGoalItem, personal_goal_items
 
 router = APIRouter()
 
@@ -75,6 +78,12 @@ i18n.add_messages(
         },
         "me.mean": {"zh-CN": "平均分（1–5）", "en": "Mean (1–5)"},
         "me.no_raters": {"zh-CN": "没有评价数据。", "en": "No evaluations."},
+        "me.personal": {"zh-CN": "我的个人目标", "en": "My personal goals"},
+        "me.personal_intro": {
+            "zh-CN": "上级按 1–5 分评价每个个人目标的达成情况，得分 = 评分 × 20。",
+            "en": "Your superior rates how far each goal was attained (1–5); the score is "
+            "the rating times 20.",
+        },
     }
 )
 
@@ -111,6 +120,11 @@ def names(cycle: Cycle, locale: str) -> dict[str, str]:
     return found
 
 
+def goal_titles(goals: list[PersonalGoalItem]) -> dict[str, str]:
+    """Personal goals are named by what the employee wrote, not by the policy."""
+    return {g.id: g.title for g in goals}
+
+
 def chosen_cycle(session: Session, request: Request, viewer: Viewer, cycle: int | None) -> Cycle:
     if cycle is not None:
         found = load_cycle(session, request, cycle)
@@ -135,6 +149,10 @@ def transparency_page(
     locale = locale_of(request)
     view = services.transparency(session, the_cycle, viewer.person_id)
     bars = category_bars(the_cycle, view.result.categories, locale) if view.result else []
+    personal = personal_goal_items(session, the_cycle.id, [viewer.person_id]).get(
+        viewer.person_id, []
+    )
+    policy = engine.cycle_policy(the_cycle)
     return render(
         request,
         "me.html",
@@ -144,8 +162,12 @@ def transparency_page(
             "bars": bars,
             "chart_width": CHART_WIDTH,
             "bar_height": BAR_HEIGHT,
-            "names": names(the_cycle, locale),
-            "item_names": services.rated_item_names(engine.cycle_policy(the_cycle), locale),
+            "names": {**names(the_cycle, locale), **goal_titles(personal)},
+            "item_names": {
+                **services.rated_item_names(policy, locale),
+                **goal_titles(personal),
+            },
+            "personal_goals": personal,
             "other_cycles": [
                 c for c in services.cycles_of(session, viewer.person_id) if c.id != the_cycle.id
             ],
