@@ -1,19 +1,21 @@
 """The transactional outbox: stages write mail here in the same transaction as their change.
 
 The idempotency key (cycle:recipient:template:occurrence) is unique, so a re-run adds nothing.
-Sending is mail_relay's job; this module only enqueues.
+Sending is mail_relay's job; this module enqueues, lists, and re-queues what failed for good.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from perfcycle import clock
+from perfcycle import audit, clock
 from perfcycle.db import insert_ignore
+from perfcycle.errors import InvalidInput, Problem
 from perfcycle.models import OutboxMessage
 
 
@@ -53,3 +55,91 @@ def enqueue(session: Session, mails: Iterable[Mail]) -> int:
         for m in mails
     ]
     return insert_ignore(session, OutboxMessage.__table__, rows)  # type: ignore[arg-type]
+
+
+def outbox_rows(
+    session: Session, failed_only: bool = False, cycle_id: int | None = None
+) -> list[dict[str, Any]]:
+    """The outbox in id order: what `outbox list --json` prints and the HR view shows."""
+    query = select(OutboxMessage).order_by(OutboxMessage.id)
+    if failed_only:
+        query = query.where(OutboxMessage.state == "failed")
+    if cycle_id is not None:
+        query = query.where(OutboxMessage.cycle_id == cycle_id)
+    return [
+        {
+            "id": row.id,
+            "cycle_id": row.cycle_id,
+            "recipient": row.recipient_email,
+            "template": row.template,
+            "state": row.state,
+            "attempts": row.attempts,
+            "next_attempt_at": row.next_attempt_at.isoformat() if row.next_attempt_at else None,
+            "sent_at": row.sent_at.isoformat() if row.sent_at else None,
+            "last_error": row.last_error,
+        }
+        for row in session.scalars(query)
+    ]
+
+
+def requeue(
+    session: Session, ids: Sequence[int], actor: str, cycle_id: int | None = None
+) -> list[int]:
+    """Failed rows back to pending with a fresh count of attempts, each with an audit event.
+
+    All-or-nothing: an unknown id, a row that is not failed, or (with `cycle_id`) a row of
+    another cycle changes nothing.
+    """
+    wanted = list(dict.fromkeys(ids))
+    query = select(OutboxMessage).where(OutboxMessage.id.in_(wanted))
+    if cycle_id is not None:
+        # A row of another cycle is, to this caller, no row at all.
+        query = query.where(OutboxMessage.cycle_id == cycle_id)
+    rows = {row.id: row for row in session.scalars(query)}
+    problems = [_problem(i, rows.get(i)) for i in wanted]
+    found = [p for p in problems if p is not None]
+    if found:
+        raise InvalidInput(found)
+    now = clock.now()
+    for message_id in wanted:
+        row = rows[message_id]
+        before = {"state": row.state, "attempts": row.attempts, "last_error": row.last_error}
+        row.state = "pending"
+        row.attempts = 0
+        row.next_attempt_at = now
+        row.claimed_by = None
+        row.claimed_at = None
+        row.last_error = None
+        audit.record(
+            session,
+            actor=actor,
+            action="outbox.retried",
+            subject=f"outbox:{row.id}",
+            cycle_id=row.cycle_id,
+            before=before,
+            after={"state": "pending", "attempts": 0, "recipient": row.recipient_email},
+        )
+    return wanted
+
+
+def _problem(message_id: int, row: OutboxMessage | None) -> Problem | None:
+    if row is None:
+        return Problem(f"no outbox message with id {message_id}", field="ID")
+    if row.state != "failed":
+        return Problem(
+            f"outbox message {message_id} is {row.state}, only failed messages can be retried",
+            field="ID",
+        )
+    return None
+
+
+def state_counts(session: Session, cycle_id: int) -> dict[str, int]:
+    """How many of a cycle's mails are pending, sending, sent and failed."""
+    counts = dict.fromkeys(("pending", "sending", "sent", "failed"), 0)
+    rows = session.execute(
+        select(OutboxMessage.state, func.count())
+        .where(OutboxMessage.cycle_id == cycle_id)
+        .group_by(OutboxMessage.state)
+    ).tuples()
+    counts.update(rows.all())
+    return counts

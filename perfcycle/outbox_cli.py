@@ -12,82 +12,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from perfcycle import audit, clock
-from perfcycle.errors import InvalidInput, Problem
-from perfcycle.models import OutboxMessage
+from perfcycle.outbox import outbox_rows, requeue
 
 ERROR_COLUMN = 70
-
-
-def outbox_rows(session: Session, failed_only: bool = False) -> list[dict[str, Any]]:
-    """The outbox in id order: what `list --json` prints and the HR view shows."""
-    query = select(OutboxMessage).order_by(OutboxMessage.id)
-    if failed_only:
-        query = query.where(OutboxMessage.state == "failed")
-    return [
-        {
-            "id": row.id,
-            "cycle_id": row.cycle_id,
-            "recipient": row.recipient_email,
-            "template": row.template,
-            "state": row.state,
-            "attempts": row.attempts,
-            "next_attempt_at": row.next_attempt_at.isoformat() if row.next_attempt_at else None,
-            "sent_at": row.sent_at.isoformat() if row.sent_at else None,
-            "last_error": row.last_error,
-        }
-        for row in session.scalars(query)
-    ]
-
-
-def requeue(session: Session, ids: Sequence[int], actor: str) -> list[int]:
-    """Failed rows back to pending with a fresh count of attempts, each with an audit event.
-
-    All-or-nothing: an unknown id or a row that is not failed changes nothing.
-    """
-    wanted = list(dict.fromkeys(ids))
-    rows = {
-        row.id: row
-        for row in session.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(wanted)))
-    }
-    problems = [_problem(i, rows.get(i)) for i in wanted]
-    found = [p for p in problems if p is not None]
-    if found:
-        raise InvalidInput(found)
-    now = clock.now()
-    for message_id in wanted:
-        row = rows[message_id]
-        before = {"state": row.state, "attempts": row.attempts, "last_error": row.last_error}
-        row.state = "pending"
-        row.attempts = 0
-        row.next_attempt_at = now
-        row.claimed_by = None
-        row.claimed_at = None
-        row.last_error = None
-        audit.record(
-            session,
-            actor=actor,
-            action="outbox.retried",
-            subject=f"outbox:{row.id}",
-            cycle_id=row.cycle_id,
-            before=before,
-            after={"state": "pending", "attempts": 0, "recipient": row.recipient_email},
-        )
-    return wanted
-
-
-def _problem(message_id: int, row: OutboxMessage | None) -> Problem | None:
-    if row is None:
-        return Problem(f"no outbox message with id {message_id}", field="ID")
-    if row.state != "failed":
-        return Problem(
-            f"outbox message {message_id} is {row.state}, only failed messages can be retried",
-            field="ID",
-        )
-    return None
 
 
 # ---------------------------------------------------------------- commands

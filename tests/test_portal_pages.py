@@ -20,8 +20,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 
-from perfcycle import engine
+from perfcycle import engine, outbox, relay
 from perfcycle.db import session_scope
+from perfcycle.devstack import pick_free_ports
 from perfcycle.models import (
     AuditEvent,
     Evaluation,
@@ -36,7 +37,7 @@ from perfcycle.models import (
 from perfcycle.portal import i18n, links
 from perfcycle.portal.app import create_app
 from perfcycle.portal.routes import ROUTERS
-from perfcycle.settings import REPO_ROOT, get_settings
+from perfcycle.settings import REPO_ROOT, Settings, get_settings
 from perfcycle.stages.evaluation import items_for, submit_evaluation
 from perfcycle.stages.target_setting import submit_goals
 from tests.cycle_driver import (
@@ -47,6 +48,7 @@ from tests.cycle_driver import (
     prepare_demo_org,
     run_until_wait,
 )
+from tests.test_relay import Recorder, Server
 
 PERIOD = "2026-Q4"
 POLICY = "external-service"
@@ -635,3 +637,101 @@ def test_a_rater_saves_a_draft_comes_back_to_it_and_submitting_clears_it(
     assert done.status_code == 303
     assert state_of(db_url, mine.id) == "submitted"
     assert draft_of(db_url, mine.id) is None
+
+
+def test_hr_sees_the_cycles_undelivered_mail_with_the_reply_and_sends_it_again(
+    db_url: str, cycle: int
+) -> None:
+    employee, _ = first_report(db_url, cycle)
+    with session_scope(db_url) as s:
+        mine = s.scalars(
+            select(OutboxMessage).where(
+                OutboxMessage.cycle_id == cycle, OutboxMessage.recipient_id == employee
+            )
+        ).one()
+        gone = {mine.recipient_email, "visitor@example.com"}
+        # A sign-in mail belongs to no cycle: it is not this cycle's to list or retry.
+        outbox.enqueue(
+            s,
+            [outbox.Mail(None, None, "visitor@example.com", "en", "sign_in_link", "x", {})],
+        )
+    reply = "550 5.1.1 Recipient address rejected: mailbox unavailable"
+    port = pick_free_ports(1)[0]
+    with Server(Recorder(rcpt=lambda a: reply if a in gone else None), port):
+        report = relay.relay_until_idle(
+            db_url, settings=Settings(smtp_host="127.0.0.1", smtp_port=port)
+        )
+    assert report.failed == 2
+    with session_scope(db_url) as s:
+        failed = {m.recipient_email: m.id for m in s.scalars(
+            select(OutboxMessage).where(OutboxMessage.state == "failed")
+        )}
+        sent = s.scalars(
+            select(OutboxMessage.id).where(
+                OutboxMessage.cycle_id == cycle, OutboxMessage.state == "sent"
+            )
+        ).first()
+    assert set(failed) == gone and sent is not None
+    theirs, visitor = failed[mine.recipient_email], failed["visitor@example.com"]
+
+    grant(db_url, "E0001", "hr_admin")
+    hr = signed_in(db_url, "E0001", cycle, "goals", "target_setting:1")
+    page = hr.get(f"/hr/cycles/{cycle}?lang=en")
+    section = page.text.split('id="mail"')[1].split("</section>")[0]
+    assert "1 undelivered" in section
+    row_html = section.split(f'id="mail-{theirs}"')[1].split("</tr>")[0]
+    assert mine.recipient_email in row_html and "goals_to_agree" in row_html
+    assert reply in row_html
+    assert f'id="mail-{visitor}"' not in page.text
+    token = csrf_of(page.text)
+
+    def states() -> dict[int, str]:
+        with session_scope(db_url) as s:
+            ids = [theirs, visitor, sent]
+            return dict(
+                s.execute(
+                    select(OutboxMessage.id, OutboxMessage.state).where(OutboxMessage.id.in_(ids))
+                ).tuples().all()
+            )
+
+    before = states()
+    # Another cycle's (here: no cycle's) mail, a delivered mail, nothing chosen, a forged id:
+    # refused, and nothing changes.
+    for ids, status_code in [([theirs, visitor], 422), ([theirs, sent], 422), ([], 422),
+                             (["x"], 400)]:
+        response = hr.post(
+            f"/hr/cycles/{cycle}/mail/retry",
+            data={"csrf_token": token, "message": [str(i) for i in ids]},
+        )
+        assert response.status_code == status_code, (ids, response.text)
+        assert states() == before
+    employee_client = signed_in(db_url, employee, cycle, "goals", "target_setting:1")
+    forbidden = employee_client.post(
+        f"/hr/cycles/{cycle}/mail/retry",
+        data={
+            "csrf_token": csrf_of(employee_client.get(f"/goals?cycle={cycle}").text),
+            "message": str(theirs),
+        },
+    )
+    assert forbidden.status_code == 403 and states() == before
+
+    response = hr.post(
+        f"/hr/cycles/{cycle}/mail/retry", data={"csrf_token": token, "message": str(theirs)}
+    )
+    assert response.status_code == 303
+    assert response.headers["location"] == f"/hr/cycles/{cycle}?retried=1"
+    assert states() == {**before, theirs: "pending"}
+    with session_scope(db_url) as s:
+        event = s.scalars(
+            select(AuditEvent).where(AuditEvent.action == "outbox.retried")
+        ).one()
+        assert (event.actor, event.subject) == ("E0001", f"outbox:{theirs}")
+    page = hr.get(response.headers["location"] + "&lang=en")
+    assert "1 mails re-queued" in page.text and f'id="mail-{theirs}"' not in page.text
+
+    # The address was fixed: the next relay run delivers it.
+    gone.clear()
+    recorder = Recorder()
+    with Server(recorder, port):
+        relay.relay_until_idle(db_url, settings=Settings(smtp_host="127.0.0.1", smtp_port=port))
+    assert [m["To"] for m in recorder.messages] == [mine.recipient_email]

@@ -41,17 +41,11 @@ T0 = datetime(2027, 1, 4, 9, 0, tzinfo=UTC)
 CJK = range(0x4E00, 0xA000)
 
 
-class RelaySettings(Settings):
-    """The relay's settings as the lead adds them to perfcycle.settings (defaults there)."""
-
-    smtp_max_connections: int = 4
-    smtp_timeout: float = 30.0
-    mail_max_attempts: int = 10
-    mail_rate_per_second: float = 0.0
-
-
-def smtp_settings(port: int, **overrides: Any) -> RelaySettings:
-    return RelaySettings(smtp_host="127.0.0.1", smtp_port=port, **overrides)
+def smtp_settings(port: int, **overrides: Any) -> Settings:
+    """The relay pointed at a loopback server; no send-rate cap unless a test sets one."""
+    return Settings(
+        **{"smtp_host": "127.0.0.1", "smtp_port": port, "mail_rate_per_second": 0.0, **overrides}
+    )
 
 
 # ---------------------------------------------------------------- an SMTP server we control

@@ -1,7 +1,10 @@
-"""HR's progress view of a cycle: completion per stage and department, who is overdue, remind now.
+"""HR's progress view of a cycle: completion per stage and department, who is overdue, remind now,
+and the cycle's mail that could not be delivered.
 
 "Remind now" writes one reminder mail per person with pending work through perfcycle.notify
-(the outbox), keyed by the minute: a double click sends nothing twice.
+(the outbox), keyed by the minute: a double click sends nothing twice. Undelivered mail is
+listed with the SMTP server's reply; "retry" re-queues it through perfcycle.outbox.requeue, the
+same step as `perfcycle outbox retry`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from perfcycle import audit, clock, engine, status
+from perfcycle import audit, clock, engine, outbox, status
 from perfcycle.models import Cycle, Employee
 from perfcycle.notify import ListedTask, Recipient, TaskLink, notify
 from perfcycle.portal import i18n, services
@@ -55,6 +58,27 @@ i18n.add_messages(
         "hr.reminded": {"zh-CN": "已排队 {n} 封提醒邮件。", "en": "{n} reminder mails queued."},
         "hr.flow_run": {"zh-CN": "在 Prefect 中查看流程运行", "en": "Open the flow run in Prefect"},
         "hr.no_cycles": {"zh-CN": "还没有考核周期。", "en": "No cycles yet."},
+        "hr.mail": {"zh-CN": "邮件", "en": "Mail"},
+        "hr.mail_counts": {
+            "zh-CN": "已发送 {sent} 封，待发送 {pending} 封，发送失败 {failed} 封。",
+            "en": "{sent} sent, {pending} waiting to be sent, {failed} undelivered.",
+        },
+        "hr.mail_failed_intro": {
+            "zh-CN": "以下邮件无法投递（邮件服务器的答复见右栏）。请先修正原因（如邮箱地址），"
+            "再选择重新发送。",
+            "en": "These mails could not be delivered; the mail server's reply is on the right. "
+            "Fix the cause (an address, say), then send them again.",
+        },
+        "hr.recipient": {"zh-CN": "收件人", "en": "Recipient"},
+        "hr.template": {"zh-CN": "邮件类型", "en": "Mail"},
+        "hr.attempts": {"zh-CN": "尝试次数", "en": "Attempts"},
+        "hr.reply": {"zh-CN": "服务器答复", "en": "Server's reply"},
+        "hr.retry": {"zh-CN": "重新发送所选邮件", "en": "Send the selected mails again"},
+        "hr.retry_none": {"zh-CN": "请至少选择一封邮件。", "en": "Choose at least one mail."},
+        "hr.retried": {
+            "zh-CN": "已重新排队 {n} 封邮件，将在一分钟内发送。",
+            "en": "{n} mails re-queued; they go out within a minute.",
+        },
     }
 )
 
@@ -84,16 +108,23 @@ def progress_page(
         if cycle.flow_run_id
         else None
     )
-    reminded = request.query_params.get("reminded")
     return render(
         request,
         "hr_progress.html",
         {
             "progress": progress,
             "flow_run_url": flow_run_url,
-            "reminded": int(reminded) if reminded and reminded.isdigit() else None,
+            "reminded": _count_param(request, "reminded"),
+            "retried": _count_param(request, "retried"),
+            "mail_counts": outbox.state_counts(session, cycle.id),
+            "failed_mail": outbox.outbox_rows(session, failed_only=True, cycle_id=cycle.id),
         },
     )
+
+
+def _count_param(request: Request, name: str) -> int | None:
+    value = request.query_params.get(name)
+    return int(value) if value and value.isdigit() else None
 
 
 @router.post("/hr/cycles/{cycle_id}/remind")
@@ -109,6 +140,29 @@ def remind_now(
         raise PageError(409, "pages.stage_closed", f"cycle {cycle.id} is {cycle.state}")
     queued = enqueue_manual_reminders(session, cycle, actor=viewer.person_id)
     return RedirectResponse(f"/hr/cycles/{cycle.id}?reminded={queued}", status_code=303)
+
+
+@router.post("/hr/cycles/{cycle_id}/mail/retry")
+def retry_mail(
+    request: Request,
+    cycle_id: int,
+    session: SessionDep,
+    viewer: HrAdmin,
+    form: CsrfForm,
+) -> Response:
+    cycle = load_cycle(session, request, cycle_id)
+    ids = [_message_id(value) for value in form.getlist("message")]
+    if not ids:
+        raise PageError(422, "invalid_input", i18n.translate("hr.retry_none", locale_of(request)))
+    # All-or-nothing; an id of another cycle's mail is refused as unknown (422, nothing changes).
+    requeued = outbox.requeue(session, ids, actor=viewer.person_id, cycle_id=cycle.id)
+    return RedirectResponse(f"/hr/cycles/{cycle.id}?retried={len(requeued)}", status_code=303)
+
+
+def _message_id(value: object) -> int:
+    if not isinstance(value, str) or not value.strip().isdigit():
+        raise PageError(400, "bad_form", f"message: expected a mail id, got {value!r}")
+    return int(value)
 
 
 def enqueue_manual_reminders(session: Session, cycle: Cycle, *, actor: str) -> int:
