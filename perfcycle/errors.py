@@ -1,4 +1,8 @@
-"""The one error type for bad input: every problem says what and where (file, line, field)."""
+"""The one error type for bad input: every problem says what and where (file, line, field).
+
+NotAllowed is the kind of bad input where the input is fine but the actor may not do it: the
+portal answers it with 403 rather than 422.
+"""
 
 from __future__ import annotations
 
@@ -27,3 +31,7 @@ class InvalidInput(Exception):
             problems = [Problem(problems)]
         self.problems = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class NotAllowed(InvalidInput):
+    """The actor may not do this (someone else's goals, form or decision); nothing was changed."""

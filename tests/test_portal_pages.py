@@ -25,6 +25,7 @@ from perfcycle.db import session_scope
 from perfcycle.devstack import pick_free_ports
 from perfcycle.models import (
     AuditEvent,
+    Employee,
     Evaluation,
     EvaluationDraft,
     Goal,
@@ -39,7 +40,7 @@ from perfcycle.portal.app import create_app
 from perfcycle.portal.routes import ROUTERS
 from perfcycle.settings import REPO_ROOT, Settings, get_settings
 from perfcycle.stages.evaluation import items_for, submit_evaluation
-from perfcycle.stages.target_setting import submit_goals
+from perfcycle.stages.target_setting import approve_goals, submit_goals
 from tests.cycle_driver import (
     decide,
     full_answers,
@@ -205,7 +206,12 @@ def goals_journey(url: str, cycle_id: int) -> None:
     assert returned.status_code == 303
     assert goal_states(url, cycle_id, employee) == {("proposed", False, False)}
 
+    # The employee reads why, from whom, on the sheet they are to revise.
     page = me.get(f"/goals?cycle={cycle_id}")
+    note = page.text.split('id="returned"')[1].split("</div>")[0]
+    with session_scope(url) as s:
+        manager_name = s.get_one(Employee, manager).name
+    assert "再议" in note and manager_name in note
     again = me.post("/goals/submit", data={"csrf_token": csrf_of(page.text), "cycle": cycle_id})
     assert again.status_code == 303
     approved = boss.post("/goals/review", data={**form, "decision": "approve"})
@@ -214,6 +220,7 @@ def goals_journey(url: str, cycle_id: int) -> None:
     page = me.get(f"/goals?cycle={cycle_id}")
     assert t("goals.state.agreed") in page.text
     assert t("goals.not_signed") not in page.text.split('id="mine"')[1].split("</section>")[0]
+    assert 'id="returned"' not in page.text  # the return is history once agreed
 
 
 def test_goals_are_submitted_returned_and_agreed_by_both(db_url: str, cycle: int) -> None:
@@ -238,7 +245,7 @@ def test_only_the_manager_can_approve_and_a_tampered_form_changes_nothing(
     # The employee posts the manager's form for themself.
     form = {"csrf_token": csrf_of(page.text), "cycle": str(cycle), "employee": employee}
     response = me.post("/goals/review", data={**form, "decision": "approve"})
-    assert response.status_code == 422
+    assert response.status_code == 403
     assert f"only their manager {manager}" in response.text
     forged = me.post("/goals/review", data={**form, "csrf_token": "x", "decision": "approve"})
     assert forged.status_code == 403
@@ -392,7 +399,7 @@ def test_the_last_submission_tries_to_resume_the_flow_and_is_saved_without_prefe
             answers = full_answers(s, a)
             submit_evaluation(s, a.id, answers, a.rater_id, policy)
         mine = full_answers(s, last)
-    with caplog.at_level(logging.INFO, logger="perfcycle.portal.routes.evaluations"):
+    with caplog.at_level(logging.INFO, logger="perfcycle.portal.deps"):
         response = client.post(f"/evaluations/{last.id}", data=form_of(dict(mine), token))
     assert response.status_code == 303
     assert state_of(db_url, last.id) == "submitted"
@@ -400,6 +407,47 @@ def test_the_last_submission_tries_to_resume_the_flow_and_is_saved_without_prefe
     assert "could not resume flow run run-1" in caplog.text
     with session_scope(db_url) as s:
         assert engine.resume_reason(s, engine.get_cycle(s, cycle)) == "complete"
+
+
+def test_the_last_goal_approval_tries_to_resume_the_flow_and_is_saved_without_prefect(
+    db_url: str, cycle: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    employee, manager = first_report(db_url, cycle)
+    with session_scope(db_url) as s:
+        rows = s.execute(
+            select(Participant.employee_id, Participant.manager_id).where(
+                Participant.cycle_id == cycle
+            )
+        ).all()
+        for person, boss in rows:
+            submit_goals(s, cycle, person, actor=person)
+            if person != employee:
+                approve_goals(s, cycle, person, actor=boss or "hr-admin")
+    client = signed_in(db_url, manager, cycle, "goals_approval", "target_setting:1")
+    page = client.get(f"/goals?cycle={cycle}")
+    form = {"csrf_token": csrf_of(page.text), "cycle": str(cycle), "employee": employee}
+    with caplog.at_level(logging.INFO, logger="perfcycle.portal.deps"):
+        response = client.post("/goals/review", data={**form, "decision": "approve"})
+    assert response.status_code == 303
+    assert goal_states(db_url, cycle, employee) == {("agreed", True, True)}
+    # The demo flow run id is no Prefect run: resuming fails, is logged, the approval stays.
+    assert "could not resume flow run run-1" in caplog.text
+    with session_scope(db_url) as s:
+        assert engine.resume_reason(s, engine.get_cycle(s, cycle)) == "complete"
+
+
+def test_an_approval_that_leaves_sheets_open_does_not_resume(
+    db_url: str, cycle: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    employee, manager = first_report(db_url, cycle)
+    with session_scope(db_url) as s:
+        submit_goals(s, cycle, employee, actor=employee)
+    client = signed_in(db_url, manager, cycle, "goals_approval", "target_setting:1")
+    page = client.get(f"/goals?cycle={cycle}")
+    form = {"csrf_token": csrf_of(page.text), "cycle": str(cycle), "employee": employee}
+    with caplog.at_level(logging.INFO, logger="perfcycle.portal.deps"):
+        assert client.post("/goals/review", data={**form, "decision": "approve"}).status_code == 303
+    assert "resume" not in caplog.text
 
 
 # ---------------------------------------------------------------- 3. transparency

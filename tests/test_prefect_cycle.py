@@ -1,6 +1,6 @@
 """The whole cycle against a real Prefect server, with the deployments served as in `perfcycle up`.
 
-Launch from the deployment, suspend, resume through the cycle clock and through
+Launch from the deployment, suspend, resume through portal submissions, the cycle clock and
 `resume_flow_run(run_input=...)`, complete; launch the same cycle again and show nothing was
 duplicated. Bad launch parameters fail the run at once and create no cycle.
 """
@@ -33,11 +33,15 @@ from perfcycle.db import session_scope
 from perfcycle.demo import Player
 from perfcycle.demo_data import generate_tickets, sample_org, write_org_csv
 from perfcycle.devstack import Stack
-from perfcycle.models import Base, Cycle, StageInstance
-from perfcycle.orchestrator import CLOCK_DEPLOYMENT, launch, resume, run_info
+from perfcycle.models import Base, Cycle, Participant, RaterAssignment, StageInstance
+from perfcycle.orchestrator import CLOCK_DEPLOYMENT, launch, run_info
 from perfcycle.org import import_org_csv
 from perfcycle.settings import get_settings
+from perfcycle.stages.evaluation import submit_evaluation
+from perfcycle.stages.target_setting import approve_goals, submit_goals
 from perfcycle.status import cycle_status
+from tests.cycle_driver import full_answers
+from tests.test_portal_pages import csrf_of, form_of, signed_in
 
 pytestmark = pytest.mark.prefect
 POLICY, PERIOD = "external-service", "2026-Q4"
@@ -117,16 +121,70 @@ def table_counts() -> dict[str, int]:
                 for name, table in Base.metadata.tables.items()}
 
 
+def portal_signed_in(stack: Stack, person: str, cycle_id: int, kind: str, ref: str) -> Any:
+    # The portal resumes runs from its own threads: they read Prefect's API URL from the env.
+    os.environ["PREFECT_API_URL"] = stack.env["PREFECT_API_URL"]
+    return signed_in(stack.database_url, person, cycle_id, kind, ref)
+
+
+def approve_last_goals_in_the_portal(stack: Stack, cycle_id: int) -> None:
+    with session_scope() as session:
+        rows = session.execute(
+            select(Participant.employee_id, Participant.manager_id)
+            .where(Participant.cycle_id == cycle_id)
+            .order_by(Participant.employee_id)
+        ).all()
+        last, manager = next((e, m) for e, m in rows if m)
+        for employee_id, manager_id in rows:
+            submit_goals(session, cycle_id, employee_id, actor=employee_id)
+            if employee_id != last:
+                approve_goals(session, cycle_id, employee_id, actor=manager_id or "hr-admin")
+    boss = portal_signed_in(stack, manager, cycle_id, "goals_approval", "target_setting:1")
+    page = boss.get(f"/goals?cycle={cycle_id}")
+    assert f'id="sheet-{last}"' in page.text
+    approved = boss.post("/goals/review", data={
+        "csrf_token": csrf_of(page.text), "cycle": str(cycle_id), "employee": last,
+        "decision": "approve"})
+    assert approved.status_code == 303, approved.text
+    paused_at(run_info_id(cycle_id), "data_collection")
+
+
+def submit_last_evaluation_in_the_portal(stack: Stack, cycle_id: int) -> None:
+    with session_scope() as session:
+        *others, last = session.scalars(
+            select(RaterAssignment)
+            .where(RaterAssignment.cycle_id == cycle_id, RaterAssignment.state == "pending")
+            .order_by(RaterAssignment.id)
+        ).all()
+        policy = engine.cycle_policy(engine.get_cycle(session, cycle_id))
+        for a in others:
+            submit_evaluation(session, a.id, full_answers(session, a), a.rater_id, policy)
+        answers = full_answers(session, last)
+        last_id, rater = last.id, last.rater_id
+    client = portal_signed_in(stack, rater, cycle_id, "evaluation", "evaluation:1")
+    token = csrf_of(client.get(f"/evaluations/{last_id}").text)
+    submitted = client.post(f"/evaluations/{last_id}", data=form_of(dict(answers), token))
+    assert submitted.status_code == 303, submitted.text
+    paused_at(run_info_id(cycle_id), "calibration")
+
+
+def run_info_id(cycle_id: int) -> str:
+    with session_scope() as session:
+        run_id = session.get_one(Cycle, cycle_id).flow_run_id
+    assert run_id is not None
+    return run_id
+
+
 def test_whole_cycle_through_prefect(stack: Stack) -> None:
     run_id = launch(POLICY, PERIOD, [], None)
 
-    # Target setting waits for people; when they are done the clock resumes the run.
+    # Target setting waits for people; the manager's approval of the last sheet, in the portal,
+    # resumes the run (no clock run in between).
     paused_at(run_id, "target_setting")
     cycle_id = cycle_of(run_id)
     run_clock()
     assert run_info(run_id).paused, "the clock must not resume a stage that is neither done nor due"
-    act(cycle_id)
-    run_clock()
+    approve_last_goals_in_the_portal(stack, cycle_id)
 
     # Data collection: heads of department have no tickets, so it waits; at its deadline
     # (policy: advance) the clock resumes the run and the stage closes with what it has.
@@ -139,10 +197,9 @@ def test_whole_cycle_through_prefect(stack: Stack) -> None:
                                StageInstance.name == "data_collection")
                         .values(due_at=StageInstance.opened_at))
     run_clock()
-    # Evaluation: the portal's path — submissions complete the stage, then resume directly.
+    # Evaluation: the last rater's submission in the portal resumes the run.
     paused_at(run_id, "evaluation")
-    act(cycle_id)
-    assert resume(run_id)
+    submit_last_evaluation_in_the_portal(stack, cycle_id)
 
     # Calibration waits for the committee's run input; the clock never resumes it.
     paused_at(run_id, "calibration")
@@ -155,7 +212,8 @@ def test_whole_cycle_through_prefect(stack: Stack) -> None:
 
     paused_at(run_id, "evaluation")  # re-evaluation for the employee sent back
     act(cycle_id)
-    assert resume(run_id)
+    assert run_info(run_id).paused
+    run_clock()  # a stage done without the portal: the clock sees it complete and resumes
     paused_at(run_id, "calibration")
     approve = act(cycle_id)
     assert approve is not None and approve["decision"] == "approve"

@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from perfcycle.errors import InvalidInput
+from perfcycle.errors import InvalidInput, NotAllowed
 from perfcycle.portal import deps, i18n
 from perfcycle.portal.routes import load_routers
 
@@ -122,6 +122,8 @@ def _add_error_pages(app: FastAPI) -> None:
 
     @app.exception_handler(InvalidInput)
     async def invalid_input(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, NotAllowed):
+            return deps.error_page(request, 403, "forbidden", str(exc))
         return deps.error_page(request, 422, "invalid_input", str(exc))
 
     @app.exception_handler(RequestValidationError)

@@ -41,10 +41,10 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session, aliased
 from starlette.datastructures import FormData, UploadFile
 
-from perfcycle import clock
+from perfcycle import clock, engine
 from perfcycle.db import session_scope
 from perfcycle.errors import InvalidInput
-from perfcycle.models import Employee, PortalRole, TaskToken
+from perfcycle.models import Cycle, Employee, PortalRole, TaskToken
 from perfcycle.portal import i18n, links, security
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,26 @@ def run_after_commit(request: Request, action: Callable[[], object]) -> None:
     hooks: list[Callable[[], object]] = getattr(request.state, "after_commit", [])
     hooks.append(action)
     request.state.after_commit = hooks
+
+
+def resume_when_complete(request: Request, session: Session, cycle: Cycle) -> None:
+    """If this request completed the waiting stage's condition, resume the cycle's suspended run
+    once committed. Every submission that can complete a stage calls this; if Prefect is
+    unreachable the answer stays saved and cycle-clock resumes the run later."""
+    if cycle.flow_run_id and engine.resume_reason(session, cycle) == "complete":
+        flow_run_id = cycle.flow_run_id
+        run_after_commit(request, lambda: _resume_flow(flow_run_id))
+
+
+def _resume_flow(flow_run_id: str) -> None:
+    from perfcycle import orchestrator  # imports Prefect: only when a stage completes
+
+    try:
+        resumed = orchestrator.resume(flow_run_id)
+    except Exception:
+        log.warning("could not resume flow run %s; cycle-clock will", flow_run_id, exc_info=True)
+        return
+    log.info("flow run %s resumed: %s", flow_run_id, resumed)
 
 
 def _run_after_commit_hooks(request: Request) -> None:

@@ -10,7 +10,7 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from perfcycle import audit, clock
 from perfcycle.db import insert_ignore
-from perfcycle.errors import InvalidInput, Problem
+from perfcycle.errors import InvalidInput, NotAllowed, Problem
 from perfcycle.models import (
     AuditEvent,
     Cycle,
@@ -186,7 +186,7 @@ def _manager_of(session: Session, cycle_id: int, employee_id: str) -> str | None
 def submit_goals(session: Session, cycle_id: int, employee_id: str, *, actor: str) -> None:
     """The employee signs their goals and sends them to the manager."""
     if actor != employee_id:
-        raise InvalidInput([Problem("only the employee can submit their own goals", field="actor")])
+        raise NotAllowed([Problem("only the employee can submit their own goals", field="actor")])
     goals = _goals(session, cycle_id, employee_id)
     if all(g.state == "agreed" for g in goals):
         raise InvalidInput([Problem("goals are already agreed", field="state")])
@@ -456,11 +456,40 @@ def personal_goal_items(
     return dict(out)
 
 
+@dataclass(frozen=True)
+class Returned:
+    """The manager's latest return of a goal sheet: who, when and why."""
+
+    by: str
+    at: datetime
+    comment: str
+
+
+def last_return(session: Session, cycle_id: int, employee_id: str) -> Returned | None:
+    """Why the sheet was last sent back, or None if it never was.
+
+    The comment is kept only in the audit event of the return (the record of who said what),
+    so this reads it from there rather than keeping a second copy on the goals.
+    """
+    event = session.scalars(
+        select(AuditEvent)
+        .where(
+            AuditEvent.action == "goals.returned",
+            AuditEvent.subject == f"cycle:{cycle_id}/employee:{employee_id}",
+        )
+        .order_by(AuditEvent.id.desc())
+        .limit(1)
+    ).first()
+    if event is None:
+        return None
+    return Returned(event.actor, event.at, str((event.after or {}).get("comment", "")))
+
+
 def _own_editable_goals(
     session: Session, cycle_id: int, employee_id: str, actor: str
 ) -> list[Goal]:
     if actor != employee_id:
-        raise InvalidInput([Problem("only the employee can change their own goals", field="actor")])
+        raise NotAllowed([Problem("only the employee can change their own goals", field="actor")])
     goals = _goals(session, cycle_id, employee_id)
     if any(g.state != "proposed" for g in goals):
         state = next(g.state for g in goals if g.state != "proposed")
@@ -570,6 +599,6 @@ def _check_approver(session: Session, cycle_id: int, employee_id: str, actor: st
     allowed = actor == manager if manager else is_hr(actor)
     if not allowed:
         who = f"their manager {manager}" if manager else "HR"
-        raise InvalidInput(
+        raise NotAllowed(
             [Problem(f"only {who} can approve or return {employee_id}'s goals", field="actor")]
         )

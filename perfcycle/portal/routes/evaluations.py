@@ -32,7 +32,7 @@ from perfcycle.portal.deps import (
     ViewerDep,
     locale_of,
     render,
-    run_after_commit,
+    resume_when_complete,
 )
 from perfcycle.portal.routes.goals import load_cycle, require_open_stage, use_up_link
 from perfcycle.stages.evaluation import (
@@ -320,8 +320,7 @@ def submit_form(
     ):
         # The evaluation link lists all of the rater's forms: it is used up with the last one.
         use_up_link(session, request, "evaluation", cycle.id)
-    if engine.resume_reason(session, cycle) == "complete" and cycle.flow_run_id:
-        run_after_commit(request, lambda: resume_flow(cycle.flow_run_id or ""))
+    resume_when_complete(request, session, cycle)
     return RedirectResponse(f"/evaluations/{found.id}", status_code=303)
 
 
@@ -358,15 +357,3 @@ def errors_by_item(exc: InvalidInput, item_ids: list[str]) -> dict[str, list[str
         key = problem.field if problem.field in item_ids else ""
         errors.setdefault(key, []).append(problem.message)
     return errors
-
-
-def resume_flow(flow_run_id: str) -> None:
-    """Resume the cycle's run; if Prefect is unreachable the cycle clock resumes it later."""
-    from perfcycle import orchestrator  # imports Prefect: only when a stage completes
-
-    try:
-        resumed = orchestrator.resume(flow_run_id)
-    except Exception:
-        log.warning("could not resume flow run %s; cycle-clock will", flow_run_id, exc_info=True)
-        return
-    log.info("flow run %s resumed: %s", flow_run_id, resumed)

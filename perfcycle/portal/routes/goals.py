@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from perfcycle import clock, engine
-from perfcycle.errors import InvalidInput, Problem
+from perfcycle.errors import InvalidInput, NotAllowed, Problem
 from perfcycle.models import Cycle, StageName
 from perfcycle.portal import i18n, services
 from perfcycle.portal.deps import (
@@ -26,11 +26,13 @@ from perfcycle.portal.deps import (
     consume_task_token,
     locale_of,
     render,
+    resume_when_complete,
     session_task_token,
 )
 from perfcycle.stages.target_setting import (
     PERSONAL_FIELDS,
     approve_goals,
+    last_return,
     return_goals,
     save_personal_goals,
     set_target,
@@ -82,6 +84,10 @@ i18n.add_messages(
             "en": "None of your reports take part in this cycle.",
         },
         "goals.saved": {"zh-CN": "已保存。", "en": "Saved."},
+        "goals.returned_by": {
+            "zh-CN": "{manager} 于 {when} 退回了您的目标，原因：",
+            "en": "{manager} returned your goals on {when}, saying:",
+        },
         "goals.personal": {"zh-CN": "个人目标", "en": "Personal goal"},
         "goals.personal_title": {
             "zh-CN": "我的个人目标（SMART）",
@@ -166,6 +172,8 @@ def use_up_link(session: Session, request: Request, task_kind: str, cycle_id: in
 
 
 def invalid(exc: InvalidInput) -> PageError:
+    if isinstance(exc, NotAllowed):
+        return PageError(403, "forbidden", "; ".join(str(p) for p in exc.problems))
     return PageError(422, "invalid_input", "; ".join(str(p) for p in exc.problems))
 
 
@@ -248,12 +256,17 @@ def render_goals(
     rows = edits.personal + [dict.fromkeys(PERSONAL_FIELDS, "")] * (
         (share.max if share else 0) - len(edits.personal)
     )
+    returned = last_return(session, cycle.id, person_id)
     return render(
         request,
         "goals.html",
         {
             "cycle": cycle,
             "mine": services.goal_sheet(session, cycle.id, person_id),
+            "returned": returned,
+            "returned_by": services.names_of(session, {returned.by}).get(returned.by, returned.by)
+            if returned
+            else "",
             "team": services.team_goal_sheets(session, cycle.id, person_id),
             "stage": stage,
             "accepting": accepting,
@@ -354,4 +367,6 @@ def review(
     ]
     if not waiting:
         use_up_link(session, request, "goals_approval", cycle.id)
+    if decision == "approve":
+        resume_when_complete(request, session, cycle)
     return RedirectResponse(f"/goals?cycle={cycle.id}&saved=1", status_code=303)
