@@ -288,13 +288,30 @@ def _stored_links(session: Session, keys: set[str]) -> set[str]:
         for context in session.scalars(
             select(OutboxMessage.context).where(OutboxMessage.idempotency_key.in_(chunk))
         ):
-            urls.update(_links_in(context))
+            urls.update(links_in(context))
     return urls
 
 
-def _links_in(context: Mapping[str, Any]) -> list[str]:
+def links_in(context: Mapping[str, Any]) -> list[str]:
     found = [context["link"]] if isinstance(context.get("link"), str) else []
     for task in context.get("tasks") or []:
         if isinstance(task, Mapping) and isinstance(task.get("link"), str):
             found.append(task["link"])
     return found
+
+
+def without_links(context: Mapping[str, Any]) -> dict[str, Any]:
+    """The context with every task link blanked: what a delivered row keeps.
+
+    A link carries its token in clear, and the token table stores only hashes so that a copy
+    of the database opens nobody's tasks; a sent row must not undo that.
+    """
+    kept = dict(context)
+    if isinstance(kept.get("link"), str):
+        kept["link"] = None
+    if kept.get("tasks"):
+        kept["tasks"] = [
+            {**t, "link": None} if isinstance(t, Mapping) and isinstance(t.get("link"), str) else t
+            for t in kept["tasks"]
+        ]
+    return kept

@@ -39,6 +39,7 @@ from perfcycle import audit, clock
 from perfcycle.db import session_scope
 from perfcycle.mail.render import MailRow, build_message, render
 from perfcycle.models import OutboxMessage
+from perfcycle.notify import without_links
 from perfcycle.settings import Settings, get_settings
 
 BACKOFF_BASE = timedelta(seconds=30)
@@ -494,6 +495,7 @@ def record_outcomes(
             .values(state="sent", sent_at=now, attempts=bindparam("n"), last_error=None),
             [{"oid": o.id, "n": o.attempts + 1} for o in sent],
         )
+        _forget_links(session, [o.id for o in sent])
     if retry:
         session.execute(
             update(table)
@@ -525,6 +527,25 @@ def record_outcomes(
         )
     _audit_failures(session, failed, limit)
     return RelayReport(len(sent), len(retry), len(failed), 1, tuple(o.id for o in failed))
+
+
+def _forget_links(session: Session, ids: Sequence[int]) -> None:
+    """Blank the task links of delivered rows (see notify.without_links); rows without any are
+    left as they are."""
+    rows = session.execute(
+        select(OutboxMessage.id, OutboxMessage.context).where(OutboxMessage.id.in_(ids))
+    ).tuples()
+    scrubbed = [
+        {"oid": oid, "ctx": kept}
+        for oid, context in rows
+        if (kept := without_links(context or {})) != context
+    ]
+    if scrubbed:
+        table = cast(Table, OutboxMessage.__table__)
+        session.execute(
+            update(table).where(table.c.id == bindparam("oid")).values(context=bindparam("ctx")),
+            scrubbed,
+        )
 
 
 def _audit_failures(session: Session, failed: Sequence[Outcome], limit: int) -> None:

@@ -33,7 +33,9 @@ from perfcycle.errors import InvalidInput
 from perfcycle.mail.render import message_id, render, resolve_locale
 from perfcycle.mailsink import MailSink
 from perfcycle.models import AuditEvent, OutboxMessage
+from perfcycle.notify import links_in
 from perfcycle.outbox_cli import list_command, register, retry_command
+from perfcycle.portal import links
 from perfcycle.settings import Settings, get_settings
 from tests.cycle_driver import launch, prepare_demo_org, run_until_wait
 
@@ -265,6 +267,42 @@ def test_the_task_link_is_in_both_parts(db_url: str, port: int, clock_at: Any) -
     for message in recorder.messages:
         assert link in body(message, "plain")
         assert f'href="{escape(link)}"' in body(message, "html")
+
+
+def test_a_delivered_row_keeps_no_link_and_the_mailed_link_still_works(
+    db_url: str, port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock_at: Any
+) -> None:
+    """Tokens are stored hashed; once mailed, the outbox must not keep them in clear either."""
+    cycle_id = demo_cycle_at_first_stage(db_url, tmp_path, monkeypatch)
+    queued = {m.id: links_in(m.context) for m in rows(db_url) if m.cycle_id == cycle_id}
+    with_links = sorted(i for i, found in queued.items() if found)
+    assert len(with_links) > 10
+    gone = with_links[0]
+    with session_scope(db_url) as session:
+        refused_for = session.get_one(OutboxMessage, gone).recipient_email
+    recorder = Recorder(rcpt=lambda a: "550 5.1.1 no such user" if a == refused_for else None)
+    with Server(recorder, port):
+        relay.relay_until_idle(db_url, settings=smtp_settings(port))
+
+    after = {m.id: m for m in rows(db_url) if m.id in queued}
+    for row_id, row_after in after.items():
+        if row_id == gone:
+            # Not delivered: HR may send it again, so its link stays.
+            assert row_after.state == "failed" and links_in(row_after.context) == queued[gone]
+        else:
+            assert row_after.state == "sent" and links_in(row_after.context) == []
+            assert row_after.context.get("link", None) is None
+    assert len(recorder.messages) == len(queued) - 1
+    opened = 0
+    for message in recorder.messages:
+        mailed = [u for u in body(message, "plain").split() if "/t/" in u]
+        if not mailed:
+            continue  # a notice to HR, with no task of its own
+        with session_scope(db_url) as session:
+            token = links.resolve(session, links.token_of(mailed[0]), T0)
+            assert token is not None and token.used_at is None
+        opened += 1
+    assert opened == len(with_links) - 1
 
 
 def test_one_smtp_session_carries_many_messages(db_url: str, port: int, clock_at: Any) -> None:

@@ -1,1 +1,1 @@
-"""The web portal (FastAPI, server-rendered HTML). Until the portal issue lands: a placeholder."""
+"""The web portal (FastAPI, server-rendered HTML): the pages people reach from their task mails."""
