@@ -73,18 +73,56 @@ def test_an_expired_link_is_410_with_the_renewal_form(db_url: str, org: int) -> 
     assert security.SESSION_COOKIE not in client.cookies
 
 
-def test_a_used_link_still_opens_but_its_post_is_refused_409(db_url: str, org: int) -> None:
+def test_a_used_link_signs_nobody_in_again_and_its_post_is_refused_409(
+    db_url: str, org: int
+) -> None:
     token = issue(db_url, org)
     first = portal(db_url)
     sign_in(first, token)
     assert first.post(f"/_probe/task/{org}", data={"csrf_token": csrf(first)}).status_code == 200
 
-    again = portal(db_url)
-    sign_in(again, token)  # the page opens (read-only is the page's job)
-    page = refused(db_url, again, "POST", f"/_probe/task/{org}", data={"csrf_token": csrf(again)})
-
+    # The browser that used it is still its person's: the link lands on the (read-only) page.
+    assert first.get(f"/t/{token}").status_code == 303
+    page = refused(db_url, first, "POST", f"/_probe/task/{org}", data={"csrf_token": csrf(first)})
     assert page.startswith("409 ")
     assert "2026-12-01 09:00 UTC" in page
+
+    # Anyone else holding the link (a forwarded mail, a copied URL) gets no session from it.
+    other = portal(db_url)
+    page = refused(db_url, other, "GET", f"/t/{token}?lang=en")
+    assert page.startswith("409 ")
+    assert "already used at 2026-12-01 09:00 UTC" in page
+    assert 'action="/auth/new-link"' in page and 'name="email"' in page
+    assert security.SESSION_COOKIE not in other.cookies
+
+
+def test_a_sign_in_link_works_once(db_url: str, org: int) -> None:
+    token = issue(db_url, org, kind="sign_in")
+    first = portal(db_url)
+    sign_in(first, token)
+    assert first.get("/_probe/me").json()["person"] == "amy"
+    with session_scope(db_url) as s:
+        assert s.scalars(select(TaskToken)).one().used_at == NOW
+
+    other = portal(db_url)
+    page = refused(db_url, other, "GET", f"/t/{token}?lang=en")
+    assert page.startswith("409 ") and "each works once" in page
+    assert security.SESSION_COOKIE not in other.cookies
+
+
+def test_a_link_that_expires_while_the_form_is_open_is_410_on_post(
+    db_url: str, org: int
+) -> None:
+    token = issue(db_url, org, expires_at=NOW + timedelta(hours=1))
+    client = portal(db_url)
+    sign_in(client, token)
+    with session_scope(db_url) as s:
+        s.execute(update(TaskToken).values(expires_at=NOW - timedelta(seconds=1)))
+    page = refused(
+        db_url, client, "POST", f"/_probe/task/{org}?lang=en", data={"csrf_token": csrf(client)}
+    )
+    assert page.startswith("410 ") and "This link has expired" in page
+    assert 'action="/auth/new-link"' in page
 
 
 # ---------------------------------------------------------------- the wrong person

@@ -277,7 +277,10 @@ def consume_task_token(
     try:
         links.consume(session, row, clock.now())
     except InvalidInput as exc:
-        raise PageError(409, "link_used", str(exc)) from exc
+        if row.used_at is None:  # it expired between showing the form and this POST
+            message = i18n.translate("link_expired_text", _locale(request))
+            raise PageError(410, "link_expired", message, renewal_form=True) from exc
+        raise PageError(409, "link_used", _used_message(request, row)) from exc
     return row
 
 

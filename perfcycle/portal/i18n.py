@@ -111,6 +111,18 @@ add_messages(
             "en": "This link was already used at {when}: the form was submitted and cannot be "
             "submitted again.",
         },
+        "link_used_open_text": {
+            "zh-CN": "这个链接已于 {when} 使用过，您提交的内容已保存。如需再次查看，"
+            "请输入邮箱获取新的登录链接。",
+            "en": "This link was already used at {when}; what you submitted is saved. To look "
+            "at it again, enter your email address for a new sign-in link.",
+        },
+        "link_used_sign_in_text": {
+            "zh-CN": "这个登录链接已于 {when} 使用过，每个登录链接只能使用一次。"
+            "请输入邮箱获取新的链接。",
+            "en": "This sign-in link was already used at {when}; each works once. Enter your "
+            "email address for a new one.",
+        },
         "link_used_note": {
             "zh-CN": "您已通过此链接提交过，页面仅供查看。",
             "en": "You already submitted with this link; the page is read-only.",

@@ -1,9 +1,13 @@
 """Signing in: opening a link from a mail (/t/{token}), asking for a new link, signing out.
 
-Opening a link (GET) never uses it up: it signs the browser in as the link's person and
+Opening a task link (GET) never uses it up: it signs the browser in as the link's person and
 remembers the link, and the task's POST consumes it (deps.consume_task_token). Whoever holds a
 link is its person; a browser already signed in as someone else is refused rather than
 silently switched.
+
+A used link signs nobody in again: its person, if this browser is already theirs, lands on the
+page (their answers, read-only); anyone else gets 409 and the form for a new sign-in link. A
+sign-in link has no task, so opening it is what uses it up.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from perfcycle import audit, clock, outbox
+from perfcycle.errors import InvalidInput
 from perfcycle.models import Employee, OutboxMessage, TaskToken
 from perfcycle.portal import i18n, links, security
 from perfcycle.portal.deps import (
@@ -81,11 +86,30 @@ def open_link(request: Request, token: str, session: SessionDep) -> Response:
     if load_viewer(session, row.person_id) is None:
         # The person left the organisation after the mail was sent.
         raise _unknown_link(request)
-    base = current if current is not None else security.new_session(row.person_id, now)
+    if row.used_at is not None:
+        if current is not None:  # already signed in as the link's person: nothing to grant
+            return _landing(row, current)
+        raise _used_link(request, row)
+    if row.task_kind == SIGN_IN_KIND:
+        try:
+            links.consume(session, row, now)
+        except InvalidInput:  # another request used it a moment ago
+            raise _used_link(request, row) from None
+    return _landing(row, current or security.new_session(row.person_id, now))
+
+
+def _landing(row: TaskToken, base: security.SessionData) -> Response:
     response = RedirectResponse(task_page(row), status_code=303)
     response.headers["Cache-Control"] = "no-store"
     set_session_cookie(response, base.with_token(row.id))
     return response
+
+
+def _used_link(request: Request, row: TaskToken) -> PageError:
+    key = "link_used_sign_in_text" if row.task_kind == SIGN_IN_KIND else "link_used_open_text"
+    when = row.used_at.strftime("%Y-%m-%d %H:%M UTC") if row.used_at else ""
+    message = i18n.translate(key, locale_of(request), when=when)
+    return PageError(409, "link_used", message, renewal_form=True)
 
 
 def _unknown_link(request: Request) -> PageError:
