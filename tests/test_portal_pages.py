@@ -1,7 +1,8 @@
 """The portal pages people reach from their mails, driven through HTTP on a real demo cycle.
 
-Each journey runs on SQLite and on PostgreSQL. It signs in with a real task link (perfcycle.portal.links.issue_link), reads the page,
-posts its form with the page's CSRF token, and checks both the page and the database.
+Each journey runs on SQLite and on PostgreSQL. It signs in with a real task link
+(perfcycle.portal.links.issue_link), reads the page, posts its form with the page's CSRF token,
+and checks both the page and the database.
 """
 
 from __future__ import annotations
