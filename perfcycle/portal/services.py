@@ -7,11 +7,12 @@ ratee's view holds rater groups only as aggregates over at least the policy's an
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from perfcycle import audit, engine
@@ -362,6 +363,118 @@ def rated_item_names(policy: Policy, locale: str) -> dict[str, str]:
     return {
         ind.id: ind.name.get(locale) for ind in policy.indicators if isinstance(ind, RatedIndicator)
     }
+
+
+# ---------------------------------------------------------------- who may see whose records
+
+# In what capacity a viewer reads someone's records: their own, as the manager the cycle recorded
+# for them, or through a role that reads everyone's.
+Capacity = Literal["self", "manager", "hr", "auditor"]
+
+# Roles that read every participant's records, read-only, and the capacity each reads them in.
+READ_ALL_ROLES: dict[str, Capacity] = {"hr_admin": "hr", "auditor": "auditor"}
+
+
+def viewing_capacity(
+    session: Session,
+    cycle_id: int,
+    employee_id: str,
+    *,
+    viewer_id: str,
+    roles: Collection[str],
+) -> Capacity | None:
+    """In what capacity the viewer may read `employee_id`'s records of the cycle; None: not at all.
+
+    The one rule for "may this viewer see employee X in cycle C": the person themself, their
+    manager in that cycle (Participant.manager_id: who managed them when the cycle was launched
+    answers for that cycle, whatever the org chart says today), HR admins and auditors. Callers
+    refuse with 403 and show nothing on None. "self", "hr" and "auditor" do not imply that the
+    employee takes part in the cycle; callers that need a participant check it afterwards.
+    """
+    if viewer_id == employee_id:
+        return "self"
+    if manager_in_cycle(session, cycle_id, employee_id) == viewer_id:
+        return "manager"
+    for role, capacity in READ_ALL_ROLES.items():
+        if role in roles:
+            return capacity
+    return None
+
+
+# ---------------------------------------------------------------- a manager's team
+
+
+@dataclass(frozen=True)
+class TeamMember:
+    employee_id: str
+    name: str
+    goals: GoalSheet
+    # The released grade; None until results are released (calibration may still change them).
+    grade: str | None
+
+
+@dataclass(frozen=True)
+class TeamCycle:
+    cycle: Cycle
+    members: list[TeamMember]
+
+
+def team_overview(session: Session, manager_id: str, completed_since: datetime) -> list[TeamCycle]:
+    """The manager's reports in running cycles and in cycles completed since `completed_since`,
+    newest cycle first, reports by name.
+
+    Reports are whom each cycle recorded (Participant.manager_id), so this lists exactly the
+    people viewing_capacity lets the manager read. A constant number of queries, whatever the
+    team's size: the home page runs this on every visit.
+    """
+    p = Participant
+    rows = (
+        session.execute(
+            select(Cycle, p.employee_id, Employee.name)
+            .join(p, p.cycle_id == Cycle.id)
+            .join(Employee, Employee.id == p.employee_id)
+            .where(
+                p.manager_id == manager_id,
+                or_(
+                    Cycle.state == "running",
+                    and_(Cycle.state == "completed", Cycle.completed_at >= completed_since),
+                ),
+            )
+            .order_by(Cycle.id.desc(), Employee.name, p.employee_id)
+        )
+        .tuples()
+        .all()
+    )
+    if not rows:
+        return []
+    cycle_ids = sorted({c.id for c, _, _ in rows})
+    people = sorted({e for _, e, _ in rows})
+    goals: dict[tuple[int, str], list[GoalRow]] = defaultdict(list)
+    for g in session.scalars(
+        select(Goal)
+        .where(Goal.cycle_id.in_(cycle_ids), Goal.employee_id.in_(people))
+        .order_by(Goal.id)
+    ):
+        goals[(g.cycle_id, g.employee_id)].append(_goal_row(g))
+    grades = {
+        (c, e): grade
+        for c, e, grade in session.execute(
+            select(Result.cycle_id, Result.employee_id, Result.grade).where(
+                Result.cycle_id.in_(cycle_ids),
+                Result.employee_id.in_(people),
+                Result.released_at.is_not(None),
+            )
+        ).tuples()
+    }
+    cycles: dict[int, Cycle] = {}
+    members: dict[int, list[TeamMember]] = defaultdict(list)
+    for cycle, employee_id, name in rows:
+        key = (cycle.id, employee_id)
+        cycles[cycle.id] = cycle
+        members[cycle.id].append(
+            TeamMember(employee_id, name, GoalSheet(employee_id, name, goals[key]), grades.get(key))
+        )
+    return [TeamCycle(cycle, members[cycle_id]) for cycle_id, cycle in cycles.items()]
 
 
 # ---------------------------------------------------------------- HR progress

@@ -2,9 +2,11 @@
 
 Open tasks are what the stage handlers' `pending()` report for the open stage of each running
 cycle, as the reminder digests list them (perfcycle.reminders): the page and the mails never
-disagree about what is left to do. Anonymous visitors get a short page pointing at their email
-and the new-link form, and nothing about cycles. The page answers even when the database does
-not (not reachable, not migrated), saying so, since it is the first thing anyone opens.
+disagree about what is left to do. A manager also sees "My team": the reports each running or
+recently completed cycle recorded for them, with goal state, released grade and a link to the
+report's page (/me?cycle=ID&employee=EID). Anonymous visitors get a short page pointing at their
+email and the new-link form, and nothing about cycles. The page answers even when the database
+does not (not reachable, not migrated), saying so, since it is the first thing anyone opens.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -39,6 +41,10 @@ from perfcycle.stages.base import PendingTask
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+
+# How long a completed cycle stays in a manager's "My team": long enough to cover the last
+# annual cycle, so its grades stay at hand until the next one is running.
+TEAM_RECENT = timedelta(days=365)
 
 i18n.add_messages(
     {
@@ -69,6 +75,17 @@ i18n.add_messages(
             "zh-CN": "找不到邮件，或链接已过期？",
             "en": "Cannot find the email, or the link has expired?",
         },
+        "home.team": {"zh-CN": "我的团队", "en": "My team"},
+        "home.team_intro": {
+            "zh-CN": "您在进行中和近一年结束的考核周期中的下属；点击姓名查看其考核页面"
+            "（与本人所见相同）。",
+            "en": "Your reports in running cycles and in those completed in the last year; open "
+            "a name to see their review page as they see it.",
+        },
+        "home.team_person": {"zh-CN": "姓名", "en": "Name"},
+        "home.team_goals_state": {"zh-CN": "目标状态", "en": "Goals"},
+        "home.team_grade": {"zh-CN": "等级", "en": "Grade"},
+        "home.team_not_released": {"zh-CN": "未发布", "en": "not released"},
         "home.db_down": {"zh-CN": "数据库不可用", "en": "The database is not reachable"},
         "home.db_down_text": {
             "zh-CN": "门户暂时无法读取数据库，请稍后再试。如果问题持续，请联系系统管理员"
@@ -145,9 +162,13 @@ def database_problem(exc: SQLAlchemyError) -> str:
 
 
 def viewer_context(session: Session, viewer: Viewer, locale: str) -> dict[str, Any]:
+    now = clock.now()
     return {
-        "groups": open_tasks(session, viewer.person_id, locale, clock.now()),
+        "groups": open_tasks(session, viewer.person_id, locale, now),
         "places": places_for(session, viewer, locale),
+        # Empty (and the section absent) unless some running or recent cycle recorded the viewer
+        # as someone's manager.
+        "team": services.team_overview(session, viewer.person_id, now - TEAM_RECENT),
     }
 
 

@@ -5,6 +5,9 @@ and the cycle's mail that could not be delivered.
 (the outbox), keyed by the minute: a double click sends nothing twice. Undelivered mail is
 listed with the SMTP server's reply; "retry" re-queues it through perfcycle.outbox.requeue, the
 same step as `perfcycle outbox retry`.
+
+Auditors read both pages too (read-only: they check HR's work, they do not do it): the remind and
+retry forms are rendered only for HR admins, and their POST routes admit HR admins only.
 """
 
 from __future__ import annotations
@@ -75,6 +78,15 @@ i18n.add_messages(
         "hr.reply": {"zh-CN": "服务器答复", "en": "Server's reply"},
         "hr.retry": {"zh-CN": "重新发送所选邮件", "en": "Send the selected mails again"},
         "hr.retry_none": {"zh-CN": "请至少选择一封邮件。", "en": "Choose at least one mail."},
+        "hr.read_only": {
+            "zh-CN": "您以审计员身份只读查看：提醒和重新发送仅限人力资源管理员操作。",
+            "en": "Read-only view for auditors: only HR administrators send reminders or "
+            "retry mail.",
+        },
+        "hr.mail_failed_intro_read_only": {
+            "zh-CN": "以下邮件无法投递（邮件服务器的答复见右栏）。",
+            "en": "These mails could not be delivered; the mail server's reply is on the right.",
+        },
         "hr.retried": {
             "zh-CN": "已重新排队 {n} 封邮件，将在一分钟内发送。",
             "en": "{n} mails re-queued; they go out within a minute.",
@@ -82,16 +94,24 @@ i18n.add_messages(
     }
 )
 
-HrAdmin = Annotated[Viewer, Depends(require_roles("hr_admin"))]
+# Who acts on a cycle's progress (remind, retry), and who may read it.
+ACTING_ROLES = ("hr_admin",)
+READING_ROLES = (*ACTING_ROLES, "auditor")
+HrAdmin = Annotated[Viewer, Depends(require_roles(*ACTING_ROLES))]
+HrReader = Annotated[Viewer, Depends(require_roles(*READING_ROLES))]
 
 
 @router.get("/hr/cycles", response_class=HTMLResponse)
 def cycle_list(
     request: Request,
     session: SessionDep,
-    viewer: HrAdmin,
+    viewer: HrReader,
 ) -> HTMLResponse:
-    return render(request, "hr_cycles.html", {"cycles": status.cycle_list(session)})
+    return render(
+        request,
+        "hr_cycles.html",
+        {"cycles": status.cycle_list(session), "may_act": viewer.has(*ACTING_ROLES)},
+    )
 
 
 @router.get("/hr/cycles/{cycle_id}", response_class=HTMLResponse)
@@ -99,7 +119,7 @@ def progress_page(
     request: Request,
     cycle_id: int,
     session: SessionDep,
-    viewer: HrAdmin,
+    viewer: HrReader,
 ) -> HTMLResponse:
     cycle = load_cycle(session, request, cycle_id)
     progress = services.hr_progress(session, cycle, clock.now(), locale_of(request))
@@ -113,6 +133,8 @@ def progress_page(
         "hr_progress.html",
         {
             "progress": progress,
+            # The forms follow the POST routes' rule; hiding them is a courtesy, not the check.
+            "may_act": viewer.has(*ACTING_ROLES),
             "flow_run_url": flow_run_url,
             "reminded": _count_param(request, "reminded"),
             "retried": _count_param(request, "retried"),

@@ -1,9 +1,14 @@
 """The employee's transparency page: own goals, the evidence behind each metric, scores, grade.
 
-Links of kind `results` open /me?cycle=ID. Only the signed-in person's own records are shown;
-rater groups appear as aggregates, and only when the policy's anonymity threshold is met.
-Agreed personal goals are listed with their terms and, once released, their score; results and
-rater groups name them by the goal's title.
+Links of kind `results` open /me?cycle=ID: the signed-in person's own records. Rater groups
+appear as aggregates, and only when the policy's anonymity threshold is met. Agreed personal
+goals are listed with their terms and, once released, their score; results and rater groups name
+them by the goal's title.
+
+/me?cycle=ID&employee=EID is EID's page as EID sees it, read-only, for those
+services.viewing_capacity admits (their manager in that cycle, HR admins, auditors); anyone else
+gets a 403 page naming nobody. It is built from the same read model as the person's own page, so
+it can never show more than they see.
 """
 
 from __future__ import annotations
@@ -84,6 +89,48 @@ i18n.add_messages(
             "en": "Your superior rates how far each goal was attained (1–5); the score is "
             "the rating times 20.",
         },
+        # Someone else's page (?employee=): the same sections, worded about that person.
+        "me.other.title": {"zh-CN": "{name}的考核结果", "en": "Review of {name}"},
+        "me.other.goals": {"zh-CN": "目标", "en": "Goals"},
+        "me.other.personal": {"zh-CN": "个人目标", "en": "Personal goals"},
+        "me.other.personal_intro": {
+            "zh-CN": "上级按 1–5 分评价每个个人目标的达成情况，得分 = 评分 × 20。",
+            "en": "The superior rates how far each goal was attained (1–5); the score is "
+            "the rating times 20.",
+        },
+        "me.other.not_released": {
+            "zh-CN": "考核结果尚未发布。校准完成后，这里会显示得分和等级。",
+            "en": "The results are not released yet. Scores and grade appear here after "
+            "calibration.",
+        },
+        "me.viewing.manager": {
+            "zh-CN": "这是{name}（{id}）的考核页面，您以其经理的身份查看，内容与本人所见相同。"
+            "本页只读。",
+            "en": "This is the review page of {name} ({id}), exactly as they see it. You see it "
+            "as their manager; it is read-only.",
+        },
+        "me.viewing.hr": {
+            "zh-CN": "这是{name}（{id}）的考核页面，您以人力资源管理员的身份查看，内容与本人所见"
+            "相同。本页只读。",
+            "en": "This is the review page of {name} ({id}), exactly as they see it. You see it "
+            "as HR; it is read-only.",
+        },
+        "me.viewing.auditor": {
+            "zh-CN": "这是{name}（{id}）的考核页面，您以审计员的身份查看，内容与本人所见相同。"
+            "本页只读。",
+            "en": "This is the review page of {name} ({id}), exactly as they see it. You see it "
+            "as an auditor; it is read-only.",
+        },
+        "me.forbidden": {
+            "zh-CN": "您无权查看此页面：他人的考核页面只对其本周期的经理、人力资源管理员和"
+            "审计员开放。",
+            "en": "You may not see this page: someone else's review page is open only to their "
+            "manager in that cycle, HR and auditors.",
+        },
+        "me.other_not_participant": {
+            "zh-CN": "{employee} 没有参加考核周期 {id}。",
+            "en": "{employee} does not take part in cycle {id}.",
+        },
     }
 )
 
@@ -138,20 +185,63 @@ def chosen_cycle(session: Session, request: Request, viewer: Viewer, cycle: int 
     return mine[0]
 
 
+def capacity_of(
+    session: Session, viewer: Viewer, cycle_id: int, employee_id: str
+) -> services.Capacity | None:
+    return services.viewing_capacity(
+        session, cycle_id, employee_id, viewer_id=viewer.person_id, roles=viewer.roles
+    )
+
+
+def forbidden(request: Request) -> PageError:
+    # Says nothing about the person asked for: not even whether they exist or take part.
+    return PageError(403, "forbidden", i18n.translate("me.forbidden", locale_of(request)))
+
+
+def others_cycle(
+    session: Session, request: Request, viewer: Viewer, employee_id: str, cycle: int | None
+) -> tuple[Cycle, services.Capacity]:
+    """The cycle of `employee_id`'s page to show and the capacity the viewer reads it in.
+
+    The right to see comes first, so a refused viewer learns nothing about the person. Without
+    `cycle`: the person's newest cycle the viewer may see.
+    """
+    if cycle is None:
+        for theirs in services.cycles_of(session, employee_id):
+            capacity = capacity_of(session, viewer, theirs.id, employee_id)
+            if capacity is not None:
+                return theirs, capacity
+        raise forbidden(request)
+    found = load_cycle(session, request, cycle)
+    capacity = capacity_of(session, viewer, found.id, employee_id)
+    if capacity is None:
+        raise forbidden(request)
+    if not services.is_participant(session, found.id, employee_id):
+        message = i18n.translate(
+            "me.other_not_participant", locale_of(request), employee=employee_id, id=cycle
+        )
+        raise PageError(404, "not_found", message)
+    return found, capacity
+
+
 @router.get("/me", response_class=HTMLResponse)
 def transparency_page(
     request: Request,
     session: SessionDep,
     viewer: ViewerDep,
     cycle: int | None = None,
+    employee: str = "",
 ) -> HTMLResponse:
-    the_cycle = chosen_cycle(session, request, viewer, cycle)
+    subject = employee.strip() or viewer.person_id
+    capacity: services.Capacity
+    if subject == viewer.person_id:
+        the_cycle, capacity = chosen_cycle(session, request, viewer, cycle), "self"
+    else:
+        the_cycle, capacity = others_cycle(session, request, viewer, subject, cycle)
     locale = locale_of(request)
-    view = services.transparency(session, the_cycle, viewer.person_id)
+    view = services.transparency(session, the_cycle, subject)
     bars = category_bars(the_cycle, view.result.categories, locale) if view.result else []
-    personal = personal_goal_items(session, the_cycle.id, [viewer.person_id]).get(
-        viewer.person_id, []
-    )
+    personal = personal_goal_items(session, the_cycle.id, [subject]).get(subject, [])
     policy = engine.cycle_policy(the_cycle)
     return render(
         request,
@@ -159,6 +249,8 @@ def transparency_page(
         {
             "cycle": the_cycle,
             "view": view,
+            "own": capacity == "self",
+            "capacity": capacity,
             "bars": bars,
             "chart_width": CHART_WIDTH,
             "bar_height": BAR_HEIGHT,
@@ -168,8 +260,11 @@ def transparency_page(
                 **goal_titles(personal),
             },
             "personal_goals": personal,
+            # Only cycles whose page of this person the viewer may open.
             "other_cycles": [
-                c for c in services.cycles_of(session, viewer.person_id) if c.id != the_cycle.id
+                c
+                for c in services.cycles_of(session, subject)
+                if c.id != the_cycle.id and capacity_of(session, viewer, c.id, subject)
             ],
         },
     )
