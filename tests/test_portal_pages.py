@@ -269,6 +269,12 @@ def pending_of(url: str, cycle_id: int) -> list[RaterAssignment]:
         )
 
 
+def error_of(page: str, item: str) -> str:
+    """The error shown next to one item of an evaluation form."""
+    assert f'id="error-{item}"' in page, f"no error next to {item}"
+    return page.split(f'id="error-{item}"')[1].split("</p>")[0]
+
+
 def form_of(answers: dict[str, tuple[int | str, str]], token: str) -> dict[str, Any]:
     data: dict[str, Any] = {"csrf_token": token}
     for item, (score, comment) in answers.items():
@@ -324,18 +330,18 @@ def test_a_rater_fills_the_anchored_form_with_required_comments_then_reads_it(
         f"/evaluations/{mine.id}", data=form_of({**answers, strict.id: (5, "")}, token)
     )
     assert missing_comment.status_code == 422
-    assert f'id="error-{strict.id}"' in missing_comment.text
-    assert f"{strict.id}: a score of 5 needs a comment" in missing_comment.text
+    # Said next to the item, in the rater's language.
+    assert t("eval.problem.comment", score=5) in error_of(missing_comment.text, strict.id)
     out_of_range = client.post(
         f"/evaluations/{mine.id}", data=form_of({**answers, strict.id: (9, "")}, token)
     )
     assert out_of_range.status_code == 422
-    assert "score must be an integer from 1 to 5, got 9" in out_of_range.text
+    assert t("eval.problem.score", score=9) in error_of(out_of_range.text, strict.id)
     tampered = client.post(
         f"/evaluations/{mine.id}", data=form_of({**answers, "made_up": (3, "")}, token)
     )
     assert tampered.status_code == 422
-    assert "made_up is not an item for this rater" in tampered.text
+    assert t("eval.problem.unknown", item="made_up") in tampered.text
     assert (saved_answers(db_url, mine.id), state_of(db_url, mine.id)) == (0, "pending")
 
     done = client.post(

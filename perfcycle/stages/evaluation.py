@@ -421,6 +421,9 @@ class AnswerProblem:
     item: str
     column: str  # where a CSV row would hold it: "item", "score" or "comment"
     message: str
+    # What is wrong, for a page to say in the rater's language: missing, unknown, score, comment.
+    kind: str
+    score: object = None
 
 
 def answer_problems(
@@ -429,7 +432,7 @@ def answer_problems(
     """Every missing, unknown or invalid answer of one form."""
     known = {i.id: i for i in items}
     problems = [
-        AnswerProblem(i.id, "item", f"item {i.id} is not answered")
+        AnswerProblem(i.id, "item", f"item {i.id} is not answered", "missing")
         for i in items
         if i.id not in answers
     ]
@@ -442,15 +445,24 @@ def answer_problems(
                     item_id,
                     "item",
                     f"{item_id} is not an item for this rater (expected {expected})",
+                    "unknown",
                 )
             )
             continue
         message = _score_problem(score)
         if message:
-            problems.append(AnswerProblem(item_id, "score", f"{item_id}: {message}"))
+            problems.append(
+                AnswerProblem(item_id, "score", f"{item_id}: {message}", "score", score)
+            )
         elif score in item.comment_required_for and not comment.strip():
             problems.append(
-                AnswerProblem(item_id, "comment", f"{item_id}: a score of {score} needs a comment")
+                AnswerProblem(
+                    item_id,
+                    "comment",
+                    f"{item_id}: a score of {score} needs a comment",
+                    "comment",
+                    score,
+                )
             )
     return problems
 
