@@ -4,6 +4,11 @@
 :period_start is the first day, :period_end the day after the last. `csv` sources read
 employee_id, metric, value[, evidence]. Every value keeps evidence of where it came from, so an
 employee (or an auditor) can see which source, window and records a score rests on.
+
+A query's evidence may name records in JSON arrays (the shipped policies list the ids of the
+tickets that counted against the employee as `*_tickets`). Each array is kept bounded: its
+first EVIDENCE_LIST_MAX ids in id order, and `<key>_more` says how many were left out, so a busy
+agent's evidence stays small.
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ CSV_REQUIRED = ("employee_id", "metric", "value")
 CSV_COLUMNS = (*CSV_REQUIRED, "evidence")
 _ENV_VAR = re.compile(r"\$\{([^}]*)\}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# At most this many ids of one evidence list are kept; `<key>_more` counts the rest.
+EVIDENCE_LIST_MAX = 20
+MORE_SUFFIX = "_more"
+_DIGITS = re.compile(r"(\d+)")
 
 
 class SourceUnavailable(RuntimeError):
@@ -85,6 +94,28 @@ def _evidence(raw: Any) -> dict[str, Any]:
     if not isinstance(decoded, dict):
         raise ValueError('evidence must be a JSON object, e.g. {"tickets": 12}')
     return decoded
+
+
+def _id_order(item: Any) -> list[tuple[int, int | str]]:
+    """Natural order of record ids: T-9 before T-10, whatever the padding."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in _DIGITS.split(str(item))]
+
+
+def bounded_evidence(evidence: Mapping[str, Any], limit: int = EVIDENCE_LIST_MAX) -> dict[str, Any]:
+    """The evidence with every list sorted by id and cut to `limit` items plus `<key>_more`.
+
+    Sorting first makes which ids are kept, and so the stored evidence, independent of the order
+    the database happened to aggregate them in.
+    """
+    out = dict(evidence)
+    for key, value in evidence.items():
+        if not isinstance(value, list):
+            continue
+        ordered = sorted(value, key=_id_order)
+        out[key] = ordered[:limit]
+        if len(ordered) > limit:
+            out[key + MORE_SUFFIX] = len(ordered) - limit
+    return out
 
 
 def _period_evidence(source_id: str, period_start: date, period_end: date) -> dict[str, Any]:
@@ -316,7 +347,8 @@ def _sql_rows(
         try:
             if not metric:
                 raise ValueError("metric is empty")
-            rows.append((employee_id, metric, _number(row["value"]), _evidence(row["evidence"])))
+            evidence = bounded_evidence(_evidence(row["evidence"]))
+            rows.append((employee_id, metric, _number(row["value"]), evidence))
         except ValueError as exc:
             problems.append(
                 Problem(

@@ -16,6 +16,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from perfcycle import audit, engine
+from perfcycle.connectors import MORE_SUFFIX
 from perfcycle.models import (
     Appeal,
     AuditEvent,
@@ -33,7 +34,15 @@ from perfcycle.models import (
     StageInstance,
     StageName,
 )
-from perfcycle.policy import PEOPLE_STAGES, Policy, RatedIndicator
+from perfcycle.policy import (
+    PEOPLE_STAGES,
+    MetricIndicator,
+    Policy,
+    RatedIndicator,
+    Text,
+    VetoIndicator,
+)
+from perfcycle.portal import i18n
 from perfcycle.reminders import describe
 from perfcycle.stages.base import PendingWork
 
@@ -231,12 +240,123 @@ def own_answers(session: Session, assignment_id: int) -> dict[str, tuple[int, st
 # ---------------------------------------------------------------- transparency
 
 
+# Evidence keys a metric row puts into words of its own (source, period, rule, what it replaced)
+# instead of listing them among its facts; `from`/`until` are the period as the query saw it.
+EVIDENCE_FRAME = frozenset(
+    {"source", "period_start", "period_end", "from", "until", "query", "rule", "overrides"}
+)
+# Catalog keys of the words for an evidence key and for a source id, when the portal has them.
+EVIDENCE_LABEL = "evidence.{}"
+SOURCE_LABEL = "source.{}"
+# Counts a reader looks for first; every other fact follows in key order, numbers before text.
+_LEADING_FACTS = ("tickets", "surveys")
+
+
+@dataclass(frozen=True)
+class EvidenceFact:
+    """One count or detail of a value's evidence, e.g. tickets = 29."""
+
+    key: str
+    value: Any
+    # Catalog key of its label; None when the portal has no words for the key (show the key).
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class EvidenceList:
+    """The records a value's evidence names, e.g. the complaint tickets: the ids the connector
+    kept (perfcycle.connectors.EVIDENCE_LIST_MAX at most) and how many more there were."""
+
+    key: str
+    ids: list[Any]
+    more: int = 0
+    label: str | None = None
+
+
 @dataclass(frozen=True)
 class MetricRow:
     metric: str
     value: float
     source: str
     evidence: dict[str, Any]
+    # The policy indicator that scores the metric, for its name; None: name it by the metric id.
+    indicator: Text | None = None
+    facts: list[EvidenceFact] = field(default_factory=list)
+    lists: list[EvidenceList] = field(default_factory=list)
+    # Catalog key of the source's name in words; None: show the source id alone.
+    source_label: str | None = None
+
+    def name(self, locale: str) -> str:
+        return self.indicator.get(locale) if self.indicator is not None else self.metric
+
+    @property
+    def period(self) -> tuple[str, str] | None:
+        """First and last day (both inclusive) the value covers, as ISO dates."""
+        start, end = self.evidence.get("period_start"), self.evidence.get("period_end")
+        return (str(start), str(end)) if start and end else None
+
+    @property
+    def rule(self) -> str | None:
+        rule = self.evidence.get("rule")
+        return str(rule) if rule not in (None, "") else None
+
+    @property
+    def query(self) -> int | None:
+        query = self.evidence.get("query")
+        return query if isinstance(query, int) and not isinstance(query, bool) else None
+
+    @property
+    def overrides(self) -> dict[str, Any] | None:
+        """The source and value this one replaced (a later source or HR's import wins)."""
+        replaced = self.evidence.get("overrides")
+        return dict(replaced) if isinstance(replaced, dict) else None
+
+
+def _label(template: str, key: str, known: Collection[str]) -> str | None:
+    wanted = template.format(key)
+    return wanted if wanted in known else None
+
+
+def evidence_parts(
+    evidence: dict[str, Any], known: Collection[str]
+) -> tuple[list[EvidenceFact], list[EvidenceList]]:
+    """A value's evidence as facts (counts, first and last ids, ...) and lists of records.
+
+    `known` holds the catalog keys there are words for (i18n.keys()). A list's `<key>_more`
+    becomes the list's `more`; the keys in EVIDENCE_FRAME are shown elsewhere on the row.
+    """
+    list_keys = [k for k, v in evidence.items() if isinstance(v, list)]
+    lists = []
+    for key in sorted(list_keys):
+        more = evidence.get(key + MORE_SUFFIX, 0)
+        count = more if isinstance(more, int) and not isinstance(more, bool) and more > 0 else 0
+        lists.append(
+            EvidenceList(key, list(evidence[key]), count, _label(EVIDENCE_LABEL, key, known))
+        )
+    hidden = EVIDENCE_FRAME | set(list_keys) | {k + MORE_SUFFIX for k in list_keys}
+    facts = [
+        EvidenceFact(key, value, _label(EVIDENCE_LABEL, key, known))
+        for key, value in evidence.items()
+        if key not in hidden
+    ]
+
+    def order(fact: EvidenceFact) -> tuple[bool, int, str]:
+        number = isinstance(fact.value, int | float) and not isinstance(fact.value, bool)
+        leading = _LEADING_FACTS.index(fact.key) if fact.key in _LEADING_FACTS else 99
+        return not number, leading, fact.key
+
+    return sorted(facts, key=order), lists
+
+
+def metric_indicators(policy: Policy) -> dict[str, Text]:
+    """metric id -> name of the policy indicator that scores it (the first, in policy order)."""
+    names: dict[str, Text] = {}
+    for ind in policy.indicators:
+        if isinstance(ind, MetricIndicator):
+            names.setdefault(ind.metric, ind.name)
+        elif isinstance(ind, VetoIndicator):
+            names.setdefault(ind.trigger.metric, ind.name)
+    return names
 
 
 @dataclass(frozen=True)
@@ -270,13 +390,35 @@ class Transparency:
     threshold: int
 
 
-def metric_rows(session: Session, cycle_id: int, employee_id: str) -> list[MetricRow]:
+def metric_rows(
+    session: Session, cycle_id: int, employee_id: str, policy: Policy | None = None
+) -> list[MetricRow]:
+    """The employee's metric values with their evidence taken apart for the page; with the
+    cycle's `policy`, each row also knows the indicator that scores it."""
     rows = session.scalars(
         select(MetricValue)
         .where(MetricValue.cycle_id == cycle_id, MetricValue.employee_id == employee_id)
         .order_by(MetricValue.metric)
     )
-    return [MetricRow(m.metric, m.value, m.source, dict(m.evidence or {})) for m in rows]
+    indicators = metric_indicators(policy) if policy is not None else {}
+    known = i18n.keys()
+    out = []
+    for m in rows:
+        evidence = dict(m.evidence or {})
+        facts, lists = evidence_parts(evidence, known)
+        out.append(
+            MetricRow(
+                m.metric,
+                m.value,
+                m.source,
+                evidence,
+                indicators.get(m.metric),
+                facts,
+                lists,
+                _label(SOURCE_LABEL, m.source, known),
+            )
+        )
+    return out
 
 
 def released_result(session: Session, cycle_id: int, employee_id: str) -> ResultView | None:
@@ -340,7 +482,7 @@ def transparency(session: Session, cycle: Cycle, employee_id: str) -> Transparen
         cycle.id,
         employee_id,
         goal_sheet(session, cycle.id, employee_id),
-        metric_rows(session, cycle.id, employee_id),
+        metric_rows(session, cycle.id, employee_id, policy),
         result,
         groups,
         policy.anonymity_threshold,

@@ -134,6 +134,74 @@ i18n.add_messages(
     }
 )
 
+# Words for the metric evidence the shipped policies' sources write (policies/*.yaml `sources:`,
+# perfcycle/connectors.py). A key without words here is shown as it is.
+EVIDENCE_LABELS: dict[str, dict[str, str]] = {
+    # counts
+    "tickets": {"zh-CN": "工单数", "en": "Tickets"},
+    "surveys": {"zh-CN": "满意度回访数", "en": "Survey answers"},
+    "satisfied": {"zh-CN": "满意（4–5 分）", "en": "Satisfied (4–5)"},
+    "answered": {"zh-CN": "已首次响应", "en": "Answered"},
+    "resolved": {"zh-CN": "已解决", "en": "Resolved"},
+    "reopened": {"zh-CN": "被重新打开", "en": "Reopened"},
+    "within_sla": {"zh-CN": "按时解决", "en": "Resolved within SLA"},
+    "complaints": {"zh-CN": "投诉", "en": "Complaints"},
+    "handled_in_24h": {"zh-CN": "24 小时内处理的投诉", "en": "Complaints handled within 24 h"},
+    "major_incidents": {"zh-CN": "重大事故", "en": "Major incidents"},
+    # single records
+    "first": {"zh-CN": "第一张工单", "en": "First ticket"},
+    "last": {"zh-CN": "最后一张工单", "en": "Last ticket"},
+    "first_complaint": {"zh-CN": "第一起投诉", "en": "First complaint"},
+    "last_complaint": {"zh-CN": "最后一起投诉", "en": "Last complaint"},
+    "first_incident": {"zh-CN": "第一起重大事故", "en": "First major incident"},
+    "last_incident": {"zh-CN": "最后一起重大事故", "en": "Last major incident"},
+    # the tickets that counted against the employee
+    "dissatisfied_tickets": {"zh-CN": "不满意（1–3 分）的工单", "en": "Tickets rated 1–3"},
+    "not_first_contact_tickets": {
+        "zh-CN": "未一次解决的工单（未解决或被重新打开）",
+        "en": "Tickets not resolved at first contact (unresolved or reopened)",
+    },
+    "complaint_tickets": {"zh-CN": "投诉工单", "en": "Complaint tickets"},
+    "late_complaint_tickets": {
+        "zh-CN": "未在 24 小时内处理的投诉",
+        "en": "Complaints not handled within 24 h",
+    },
+    "missed_sla_tickets": {
+        "zh-CN": "未按时解决的工单",
+        "en": "Tickets not resolved within the SLA",
+    },
+    "reopened_tickets": {"zh-CN": "被重新打开的工单", "en": "Reopened tickets"},
+    "incident_tickets": {"zh-CN": "重大事故工单", "en": "Major incident tickets"},
+    "slowest_tickets": {"zh-CN": "耗时最长的工单", "en": "Slowest tickets"},
+    # supplied by file (HR import, csv sources)
+    "file": {"zh-CN": "文件", "en": "File"},
+    "line": {"zh-CN": "行号", "en": "Line"},
+    "supplied_by": {"zh-CN": "提供人", "en": "Supplied by"},
+    "basis": {"zh-CN": "依据说明", "en": "Basis"},
+}
+
+i18n.add_messages(
+    {
+        **{services.EVIDENCE_LABEL.format(k): v for k, v in EVIDENCE_LABELS.items()},
+        services.SOURCE_LABEL.format("tickets"): {"zh-CN": "工单系统", "en": "Ticket system"},
+        services.SOURCE_LABEL.format("hr_import"): {
+            "zh-CN": "人力资源部补录",
+            "en": "Supplied by HR",
+        },
+        "me.source_named": {"zh-CN": "{name}（{id}）", "en": "{name} ({id})"},
+        "me.source_query": {"zh-CN": "第 {n} 条查询", "en": "query {n}"},
+        "me.period_label": {"zh-CN": "统计期间", "en": "Period"},
+        "me.period": {"zh-CN": "{start} 至 {end}", "en": "{start} to {end}"},
+        "me.rule": {"zh-CN": "计算规则：{rule}", "en": "Rule: {rule}"},
+        "me.more": {"zh-CN": "另有 {n} 张", "en": "and {n} more"},
+        "me.none": {"zh-CN": "：无", "en": ": none"},
+        "me.overrides": {
+            "zh-CN": "替代了{source}的数值 {value}",
+            "en": "Replaces the value {value} from {source}",
+        },
+    }
+)
+
 CHART_WIDTH = 300
 BAR_HEIGHT = 22
 
