@@ -24,6 +24,7 @@ from sqlalchemy import func, select, text
 from perfcycle import engine, outbox, relay
 from perfcycle.db import session_scope
 from perfcycle.devstack import pick_free_ports
+from perfcycle.mail.render import stage_title
 from perfcycle.models import (
     AuditEvent,
     Employee,
@@ -190,6 +191,9 @@ def goals_journey(url: str, cycle_id: int) -> None:
         ).all()
     assert len(titles) == len(policy.indicators)
     assert all(title in page.text for title in titles)
+    for category in policy.categories:  # named in the reader's language, not by id
+        assert f"<td>{category.name.get('zh-CN')}</td>" in page.text
+        assert f"<td>{category.id}</td>" not in page.text
     assert t("goals.submit") in page.text
 
     response = me.post(
@@ -558,6 +562,9 @@ def test_hr_sees_progress_by_department_and_overdue_people_and_reminds_them(
         due = engine.stage_instances(s, cycle)["target_setting"].due_at
         total = sum(per_department.values())
     assert re.search(rf'id="stage-target_setting".*?class="done">0/{total}<', page.text, re.S)
+    stage_row = page.text.split('id="stage-target_setting"')[1].split("</tr>")[0]
+    assert stage_title("target_setting", "zh-CN") in stage_row
+    assert t("hr.stage_state.open") in stage_row
     for department, count in per_department.items():
         row = page.text.split(f'id="stage-target_setting-{department}"')[1].split("</tr>")[0]
         assert f">0/{count}<" in row

@@ -44,6 +44,7 @@ from starlette.datastructures import FormData, UploadFile
 from perfcycle import clock, engine
 from perfcycle.db import session_scope
 from perfcycle.errors import InvalidInput
+from perfcycle.mail.render import stage_title
 from perfcycle.models import Cycle, Employee, PortalRole, TaskToken
 from perfcycle.portal import i18n, links, security
 
@@ -387,6 +388,8 @@ def render(
         "locale": locale,
         "locales": i18n.LOCALES,
         "t": i18n.translator(locale),
+        # Stage names as the mails word them, so a page and its mail say the same.
+        "stage_name": lambda name: stage_title(name, locale),
         "csrf_token": csrf_token(request),
         "viewer": viewer if isinstance(viewer, Viewer) else None,
         "signed_in": session_data(request) is not None,

@@ -16,6 +16,7 @@ from starlette.datastructures import FormData
 
 from perfcycle import clock, engine
 from perfcycle.errors import InvalidInput, NotAllowed, Problem
+from perfcycle.mail.render import stage_title
 from perfcycle.models import Cycle, StageName
 from perfcycle.portal import i18n, services
 from perfcycle.portal.deps import (
@@ -154,7 +155,7 @@ def require_open_stage(session: Session, request: Request, cycle: Cycle, stage: 
     message = i18n.translate(
         "pages.stage_closed_text",
         locale_of(request),
-        stage=stage,
+        stage=stage_title(stage, locale_of(request)),
         when=when.strftime("%Y-%m-%d %H:%M UTC"),
     )
     raise PageError(409, "pages.stage_closed", message)
@@ -246,12 +247,11 @@ def render_goals(
 ) -> HTMLResponse:
     stage = services.stage_instance(session, cycle.id, StageName.target_setting)
     accepting = stage is not None and stage.state == "open" and clock.now() < stage.due_at
-    share = engine.cycle_policy(cycle).personal_goals if cycle.policy_snapshot else None
+    policy = engine.cycle_policy(cycle) if cycle.policy_snapshot else None
+    share = policy.personal_goals if policy else None
     locale = locale_of(request)
-    category = ""
-    if share is not None and share.max:
-        policy = engine.cycle_policy(cycle)
-        category = next(c.name.get(locale) for c in policy.categories if c.id == share.category)
+    category_names = {c.id: c.name.get(locale) for c in policy.categories} if policy else {}
+    category = category_names.get(share.category or "", "") if share and share.max else ""
     # Blank rows up to the policy's maximum, so adding a goal needs no script.
     rows = edits.personal + [dict.fromkeys(PERSONAL_FIELDS, "")] * (
         (share.max if share else 0) - len(edits.personal)
@@ -264,6 +264,7 @@ def render_goals(
             "cycle": cycle,
             "mine": services.goal_sheet(session, cycle.id, person_id),
             "returned": returned,
+            "category_names": category_names,
             "returned_by": services.names_of(session, {returned.by}).get(returned.by, returned.by)
             if returned
             else "",
