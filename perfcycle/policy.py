@@ -693,13 +693,14 @@ def _check_raters(p: Policy) -> list[Problem]:
             )
         )
     others = {t: r.count for t, r in p.raters.items() if t != RaterType.self_}
-    total = sum(others.values())
-    if p.anonymity_threshold > total:
+    # The threshold applies to each rater group on its own (the transparency page shows a
+    # group's scores only when that many of it answered), so the largest group must reach it.
+    if p.anonymity_threshold > max(others.values(), default=0):
         listed = ", ".join(f"{t.value} {n}" for t, n in others.items()) or "none"
         problems.append(
             Problem(
-                f"{p.anonymity_threshold} can never be met: each ratee gets {total} raters "
-                f"besides self ({listed})",
+                f"{p.anonymity_threshold} can never be met: no rater group besides self has "
+                f"that many raters ({listed})",
                 field="anonymity_threshold",
             )
         )

@@ -71,7 +71,7 @@ indicators:
     weight: 100
     trigger: {metric: major_incidents, above: 0}
 raters:
-  service_recipient: {weight: 50, count: 2}
+  service_recipient: {weight: 50, count: 3}
   superior: {weight: 30}
   peer: {weight: 15}
   self: {weight: 5}
@@ -158,7 +158,10 @@ def test_shipped_policy_follows_the_domain_defaults(name: str) -> None:
     for rater, rule in policy.raters.items():
         low, high = ranges[rater.value]
         assert low <= rule.weight <= high, rater
-    assert sum(r.count for r in policy.raters.values()) == 6
+    # The group with the most weight is large enough to be shown under the anonymity rule.
+    recipients = next(r for t, r in policy.raters.items() if t.value == "service_recipient")
+    assert recipients.count >= policy.anonymity_threshold
+    assert sum(r.count for r in policy.raters.values()) == 7
     deadline_forms = {
         "extend" if isinstance(s.on_deadline, Extend) else s.on_deadline for s in policy.stages
     }
@@ -631,8 +634,8 @@ def test_metric_indicators_need_data_collection(tmp_path: Path) -> None:
 def test_anonymity_threshold_must_be_reachable(tmp_path: Path) -> None:
     path = write(tmp_path, ("anonymity_threshold: 3", "anonymity_threshold: 5"))
     assert errors(path) == [
-        f"{path}:45: anonymity_threshold: 5 can never be met: each ratee gets 4 raters besides "
-        "self (service_recipient 2, superior 1, peer 1)"
+        f"{path}:45: anonymity_threshold: 5 can never be met: no rater group besides self has "
+        "that many raters (service_recipient 3, superior 1, peer 1)"
     ]
 
 
