@@ -272,8 +272,9 @@ def test_links_to_other_pages_follow_the_persons_roles(db_url: str, goals_cycle:
 
     grant(db_url, auditor, "auditor")
     page = plain.get("/").text
-    assert 'href="/audit"' in page and 'href="/hr/cycles"' not in page
-    assert plain.get("/audit").status_code == 200
+    assert 'href="/audit"' in page and 'id="place-hr" href="/hr/cycles"' in page
+    assert 'id="place-prefect"' not in page
+    assert plain.get("/audit").status_code == 200 and plain.get("/hr/cycles").status_code == 200
 
 
 # ---------------------------------------------------------------- anonymous visitors

@@ -34,6 +34,7 @@ from perfcycle.portal.deps import (
     render,
     session_data,
 )
+from perfcycle.portal.routes import hr
 from perfcycle.portal.routes.auth import TASK_PAGES
 from perfcycle.reminders import OpenStage, describe, open_people_stages
 from perfcycle.settings import get_settings
@@ -225,7 +226,7 @@ def places_for(session: Session, viewer: Viewer, locale: str) -> list[Place]:
     for cycle in cycles_managed(session, viewer.person_id):
         label = t("home.team_goals", cycle=t("pages.cycle_label", id=cycle.id, period=cycle.period))
         places.append(Place(label, f"/goals?cycle={cycle.id}", f"place-team-{cycle.id}"))
-    if viewer.has("hr_admin"):
+    if viewer.has(*hr.READING_ROLES):  # auditors read it too, without its actions
         places.append(Place(t("hr.title"), "/hr/cycles", "place-hr"))
     if viewer.has("auditor", "hr_admin"):  # who routes/audit.py admits
         places.append(Place(t("audit.title"), "/audit", "place-audit"))
