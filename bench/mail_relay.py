@@ -14,7 +14,7 @@ Timed: relay_until_idle (claim, render, send over a few SMTP sessions, record) u
 holds nothing due, in --relays processes at once (each row is claimed by one). Reported: messages
 delivered per second, the relay's CPU time per message and the load average (on a shared machine
 the wall-clock rate understates the relay), and the checks that make the number mean something:
-every row sent, every Message-ID received exactly once.
+every row sent, every Message-ID received exactly once, no delivered row keeping its link.
 """
 
 from __future__ import annotations
@@ -146,6 +146,8 @@ def sample_mails(count: int) -> list[Any]:
                 "due_at": due,
                 "ratees": ratees,
                 "count": len(ratees),
+                # Task mails carry a link, which the relay blanks once the mail is delivered.
+                "link": f"http://127.0.0.1:8700/t/bench-token-{n:05d}",
             }
         elif kind == 1:
             template = "goals_to_agree"
@@ -155,6 +157,7 @@ def sample_mails(count: int) -> list[Any]:
                 "name": f"员工 {n}",
                 "due_at": due,
                 "indicators": 9,
+                "link": f"http://127.0.0.1:8700/t/bench-token-{n:05d}",
             }
         else:
             template = "stage_opened"
@@ -328,11 +331,22 @@ def run_relays(url: str, relays: int, batch: int, settings: BenchSettings) -> tu
 
 
 def outbox_states(url: str) -> dict[str, int]:
-    from perfcycle import relay
+    from perfcycle import outbox
     from perfcycle.db import session_scope
 
     with session_scope(url) as session:
-        return relay.outbox_counts(session)
+        return outbox.state_counts(session)
+
+
+def rows_with_links(url: str) -> int:
+    from sqlalchemy import select
+
+    from perfcycle.db import session_scope
+    from perfcycle.models import OutboxMessage
+    from perfcycle.notify import links_in
+
+    with session_scope(url) as session:
+        return sum(1 for c in session.scalars(select(OutboxMessage.context)) if links_in(c))
 
 
 def first_error(url: str) -> str | None:
@@ -371,6 +385,8 @@ def run_bench(args: argparse.Namespace, folder: Path) -> Report:
     states = outbox_states(url)
     if states["sent"] != args.messages:
         raise BenchError(f"not every row was sent: {states}; first error: {first_error(url)}")
+    if still_linked := rows_with_links(url):
+        raise BenchError(f"{still_linked} delivered rows still hold their task link")
     unique = len(set(received))
     if len(received) != args.messages or unique != args.messages:
         raise BenchError(
@@ -437,7 +453,10 @@ def print_report(report: Report) -> None:
         f"{report.sink_cpu_ms_per_message} ms; load average before {report.load_before}, "
         f"after {report.load_after}"
     )
-    print(f"  checks: every row sent, {report.unique_message_ids} distinct Message-IDs")
+    print(
+        f"  checks: every row sent, {report.unique_message_ids} distinct Message-IDs, "
+        "no delivered row keeps its link"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

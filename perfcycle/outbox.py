@@ -133,13 +133,11 @@ def _problem(message_id: int, row: OutboxMessage | None) -> Problem | None:
     return None
 
 
-def state_counts(session: Session, cycle_id: int) -> dict[str, int]:
-    """How many of a cycle's mails are pending, sending, sent and failed."""
+def state_counts(session: Session, cycle_id: int | None = None) -> dict[str, int]:
+    """Rows per state, every state present (zero if none); one cycle's if `cycle_id` is given."""
     counts = dict.fromkeys(("pending", "sending", "sent", "failed"), 0)
-    rows = session.execute(
-        select(OutboxMessage.state, func.count())
-        .where(OutboxMessage.cycle_id == cycle_id)
-        .group_by(OutboxMessage.state)
-    ).tuples()
-    counts.update(rows.all())
+    query = select(OutboxMessage.state, func.count()).group_by(OutboxMessage.state)
+    if cycle_id is not None:
+        query = query.where(OutboxMessage.cycle_id == cycle_id)
+    counts.update({state: int(n) for state, n in session.execute(query).tuples()})
     return counts

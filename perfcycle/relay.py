@@ -693,16 +693,6 @@ def unclaim(session: Session, ids: Sequence[int], worker_id: str) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def outbox_counts(session: Session) -> dict[str, int]:
-    """Rows per state (every state present, zero if none)."""
-    counts = dict.fromkeys(("pending", "sending", "sent", "failed"), 0)
-    rows = session.execute(
-        select(OutboxMessage.state, func.count()).group_by(OutboxMessage.state)
-    ).all()
-    counts.update({state: int(n) for state, n in rows})
-    return counts
-
-
 def run_coroutine(coro: Coroutine[Any, Any, _T]) -> _T:
     """asyncio.run, also when the caller already runs an event loop (an async flow, a notebook):
     then on a thread of its own."""

@@ -16,7 +16,7 @@ from prefect.concurrency.sync import rate_limit
 from prefect.context import TaskRunContext
 from prefect.exceptions import ObjectAlreadyExists
 
-from perfcycle import relay
+from perfcycle import outbox, relay
 from perfcycle.db import session_scope
 from perfcycle.settings import get_settings
 
@@ -77,7 +77,7 @@ def relay_mail(batch_size: int, budget_s: float, slots: int | None) -> dict[str,
         worker_id=_worker_id(), limit=batch_size, budget_s=budget_s, throttle=throttle
     )
     with session_scope() as session:
-        counts = relay.outbox_counts(session)
+        counts = outbox.state_counts(session)
     summary = {
         "sent": report.sent,
         "retried": report.retried,
