@@ -632,6 +632,9 @@ def test_the_auditor_filters_the_log_and_sees_the_chain_verified_or_broken(
         submit_goals(s, cycle, "E0002", actor="E0002")
     by_person = client.get("/audit?person=E0002")
     assert re.findall(r'data-action="([^"]+)"', by_person.text) == ["goals.submitted"]
+    # A wildcard typed into the filter is a character, not "any": E000_ is nobody.
+    assert re.findall(r'data-action="([^"]+)"', client.get("/audit?person=E000_").text) == []
+    assert re.findall(r'data-action="([^"]+)"', client.get("/audit?person=%25").text) == []
 
     with session_scope(db_url) as s:
         # Someone with direct database access gets past the append-only trigger.

@@ -831,7 +831,11 @@ def audit_page(session: Session, wanted: AuditFilter, page: int) -> AuditPage:
         conditions.append(AuditEvent.cycle_id == wanted.cycle_id)
     if wanted.person:
         conditions.append(
-            or_(AuditEvent.actor == wanted.person, AuditEvent.subject.contains(wanted.person))
+            or_(
+                AuditEvent.actor == wanted.person,
+                # A % or _ typed in the filter is a character to find, not a wildcard.
+                AuditEvent.subject.contains(wanted.person, autoescape=True),
+            )
         )
     if wanted.action:
         conditions.append(AuditEvent.action.startswith(wanted.action))
