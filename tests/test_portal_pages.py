@@ -51,6 +51,7 @@ from tests.cycle_driver import (
     prepare_demo_org,
     run_until_wait,
 )
+from tests.test_portal_core import snapshot
 from tests.test_relay import Recorder, Server
 
 PERIOD = "2026-Q4"
@@ -391,8 +392,35 @@ def test_a_submission_after_the_deadline_is_refused_and_changes_nothing(
     freeze(monkeypatch, due + timedelta(hours=1))
     response = client.post(f"/evaluations/{mine.id}", data=form_of(dict(answers), token))
     assert response.status_code == 409
-    assert "evaluation" in response.text and due.strftime("%Y-%m-%d %H:%M") in response.text
+    assert stage_title("evaluation", "zh-CN") in response.text
+    assert due.strftime("%Y-%m-%d %H:%M") in response.text
     assert (saved_answers(db_url, mine.id), state_of(db_url, mine.id)) == (0, "pending")
+
+
+def test_goals_after_the_deadline_are_refused_and_change_nothing(
+    db_url: str, cycle: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    employee, manager = first_report(db_url, cycle)
+    with session_scope(db_url) as s:
+        due = engine.stage_instances(s, cycle)["target_setting"].due_at
+    freeze(monkeypatch, due - timedelta(hours=1))
+    me = signed_in(db_url, employee, cycle, "goals", "target_setting:1")
+    token = csrf_of(me.get(f"/goals?cycle={cycle}").text)
+    freeze(monkeypatch, due + timedelta(minutes=1))
+    before = snapshot(db_url)
+    goal = {"title": "Answer the backlog", "measure": "tickets older than 7 days",
+            "target": "0", "deadline": "2026-12-20", "weight": "6"}
+    for path, data in [
+        ("/goals/submit", {"csrf_token": token, "cycle": str(cycle)}),
+        ("/goals/edit", {"csrf_token": token, "cycle": str(cycle),
+                         **{f"personal.0.{k}": v for k, v in goal.items()}}),
+    ]:
+        response = me.post(path, data=data)
+        assert response.status_code == 409, (path, response.text)
+        assert stage_title("target_setting", "zh-CN") in response.text
+    assert snapshot(db_url) == before
+    page = me.get(f"/goals?cycle={cycle}")
+    assert t("goals.submit") not in page.text  # nothing offered that would be refused
 
 
 def test_the_last_submission_tries_to_resume_the_flow_and_is_saved_without_prefect(
