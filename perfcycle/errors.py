@@ -12,10 +12,15 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Problem:
+    """`message` is English, for logs, the CLI and imports; `code` and `values`, where given, let
+    a page say the same in the reader's language (perfcycle.portal.i18n.problem_text)."""
+
     message: str
     file: str | None = None
     line: int | None = None
     field: str | None = None
+    code: str | None = None
+    values: tuple[tuple[str, object], ...] = ()
 
     def __str__(self) -> str:
         where = ":".join(str(p) for p in (self.file, self.line) if p is not None)

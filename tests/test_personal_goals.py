@@ -232,12 +232,14 @@ def test_the_employee_adds_goals_in_the_portal_and_the_manager_approves_them(
     }
     bad = me.post("/goals/edit", data={**form, "personal.1.weight": "5"})
     assert bad.status_code == 422
-    assert "must be 6%" in bad.text and t("goals.fix_errors") in bad.text
+    # Said in the employee's language (zh-CN), next to the form.
+    assert t("problem.weights_sum", total="5", share="6") in bad.text
+    assert t("goals.fix_errors") in bad.text
     assert 'value="Publish 10 FAQ articles"' in bad.text  # what was typed is kept
     assert sheet(db_url, cycle, employee)[UNLOCKED].target == 85.0  # all or nothing
 
     tampered = me.post("/goals/edit", data={**form, f"target.{LOCKED}": "50"})
-    assert tampered.status_code == 422 and "locks this target" in tampered.text
+    assert tampered.status_code == 422 and t("problem.locked") in tampered.text
 
     saved = me.post("/goals/edit", data=form)
     assert saved.status_code == 303

@@ -246,7 +246,7 @@ def test_a_rater_opens_the_mailed_link_and_submits_an_evaluation_with_a_required
     refused = press(page, SUBMIT)
     assert refused.status == 422
     error = page.locator(f"#item-{strict.id} #error-{strict.id}")
-    assert i18n.translate("eval.problem.comment", rater.locale, score=5) in error.inner_text()
+    assert i18n.translate("problem.comment_needed", rater.locale, score=5) in error.inner_text()
     assert error.is_visible()
     # What the rater chose is still there to correct, and nothing was saved.
     assert page.locator(f'input[name="score.{strict.id}"][value="5"]').is_checked()

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from perfcycle import audit
 from perfcycle.db import session_scope
-from perfcycle.errors import InvalidInput
+from perfcycle.errors import InvalidInput, Problem
 from perfcycle.models import (
     AuditEvent,
     Base,
@@ -41,7 +41,7 @@ from perfcycle.portal.deps import (
     run_after_commit,
 )
 from perfcycle.portal.routes import ROUTERS
-from perfcycle.settings import get_settings
+from perfcycle.settings import REPO_ROOT, get_settings
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 LINK_EXPIRES = NOW + timedelta(days=10)
@@ -426,6 +426,28 @@ def test_every_message_has_both_languages_and_unknown_keys_fail_loudly() -> None
         i18n.add_messages({"x.only_chinese": {"zh-CN": "中文"}})
     with pytest.raises(ValueError, match="already defined"):
         i18n.add_messages({"sign_out": {"zh-CN": "登出", "en": "Log out"}})
+
+
+def test_every_problem_code_the_domain_uses_is_worded_in_both_languages() -> None:
+    source = "".join(f.read_text(encoding="utf-8") for f in (REPO_ROOT / "perfcycle").rglob("*.py"))
+    codes = set(re.findall(r'\bcode="([a-z_]+)"', source))
+    assert codes >= {"weights_sum", "locked", "text_length"}
+    for code in sorted(codes):
+        for locale in i18n.LOCALES:
+            worded = i18n.problem_text(Problem("as written", code=code, values=VALUES), locale)
+            assert worded != "as written", (code, locale)
+    # A code the catalog does not word falls back to the domain's own message.
+    assert i18n.problem_text(Problem("as written", code="no_such_code"), "zh-CN") == "as written"
+
+
+# Every value any problem text may name; unused ones are ignored by str.format.
+VALUES = tuple(
+    (k, "x")
+    for k in (
+        "low", "high", "value", "start", "end", "total", "share", "max", "got", "min", "item",
+        "score",
+    )
+)
 
 
 def test_every_page_module_is_wired(db_url: str) -> None:

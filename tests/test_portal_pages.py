@@ -211,7 +211,7 @@ def goals_journey(url: str, cycle_id: int) -> None:
 
     refused = boss.post("/goals/review", data={**form, "decision": "return", "comment": " "})
     assert refused.status_code == 422
-    assert "say why the goals are returned" in refused.text
+    assert t("problem.return_reason") in refused.text
     assert goal_states(url, cycle_id, employee) == {("submitted", True, False)}
 
     returned = boss.post("/goals/review", data={**form, "decision": "return", "comment": "再议"})
@@ -336,17 +336,17 @@ def test_a_rater_fills_the_anchored_form_with_required_comments_then_reads_it(
     )
     assert missing_comment.status_code == 422
     # Said next to the item, in the rater's language.
-    assert t("eval.problem.comment", score=5) in error_of(missing_comment.text, strict.id)
+    assert t("problem.comment_needed", score=5) in error_of(missing_comment.text, strict.id)
     out_of_range = client.post(
         f"/evaluations/{mine.id}", data=form_of({**answers, strict.id: (9, "")}, token)
     )
     assert out_of_range.status_code == 422
-    assert t("eval.problem.score", score=9) in error_of(out_of_range.text, strict.id)
+    assert t("problem.bad_score", score=9) in error_of(out_of_range.text, strict.id)
     tampered = client.post(
         f"/evaluations/{mine.id}", data=form_of({**answers, "made_up": (3, "")}, token)
     )
     assert tampered.status_code == 422
-    assert t("eval.problem.unknown", item="made_up") in tampered.text
+    assert t("problem.unknown_item", item="made_up") in tampered.text
     assert (saved_answers(db_url, mine.id), state_of(db_url, mine.id)) == (0, "pending")
 
     done = client.post(

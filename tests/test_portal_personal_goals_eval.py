@@ -172,13 +172,13 @@ def test_the_superior_sees_and_must_answer_each_personal_goal_a_peer_does_not(
     unanswered = boss.post(f"/evaluations/{mine.id}", data=form_of(answers, token))
     assert unanswered.status_code == 422
     for n in (1, 2):
-        assert en("eval.problem.missing") in error_of(unanswered.text, f"personal-{n}")
+        assert en("problem.missing_score") in error_of(unanswered.text, f"personal-{n}")
     no_comment = boss.post(
         f"/evaluations/{mine.id}",
         data=form_of({**answers, "personal-1": (5, ""), "personal-2": (3, "")}, token),
     )
     assert no_comment.status_code == 422
-    assert i18n.translate("eval.problem.comment", EN, score=5) in error_of(
+    assert i18n.translate("problem.comment_needed", EN, score=5) in error_of(
         no_comment.text, "personal-1"
     )
     assert (saved(setup.url, mine.id), state_of(setup.url, mine.id)) == ({}, "pending")
@@ -221,7 +221,7 @@ def test_the_superior_sees_and_must_answer_each_personal_goal_a_peer_does_not(
             ),
         )
         assert refused.status_code == 422
-        assert i18n.translate("eval.problem.unknown", EN, item="personal-1") in refused.text
+        assert i18n.translate("problem.unknown_item", EN, item="personal-1") in refused.text
         assert state_of(setup.url, a.id) == "pending"
 
 
@@ -239,7 +239,7 @@ def test_a_goal_item_of_another_ratee_is_refused_and_nothing_is_saved(setup: Set
         f"/evaluations/{theirs.id}", data=form_of({**answers, "personal-1": (4, "")}, token)
     )
     assert tampered.status_code == 422
-    assert i18n.translate("eval.problem.unknown", EN, item="personal-1") in tampered.text
+    assert i18n.translate("problem.unknown_item", EN, item="personal-1") in tampered.text
     assert (saved(setup.url, theirs.id), state_of(setup.url, theirs.id)) == ({}, "pending")
 
     draft = boss.post(
@@ -247,7 +247,7 @@ def test_a_goal_item_of_another_ratee_is_refused_and_nothing_is_saved(setup: Set
         data={**form_of({"personal-1": (4, "")}, token), "action": "draft"},
     )
     assert draft.status_code == 422
-    assert "personal-1&#39; is not an item of this form" in draft.text
+    assert i18n.translate("problem.unknown_item", EN, item="personal-1") in draft.text
     with session_scope(setup.url) as s:
         assert s.scalar(
             select(func.count()).select_from(EvaluationDraft).where(

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from perfcycle.errors import Problem
+
 LOCALES = ("zh-CN", "en")
 DEFAULT_LOCALE = "zh-CN"
 
@@ -59,12 +61,72 @@ def translator(locale: str) -> Callable[..., str]:
     return t
 
 
+def problem_text(problem: Problem, locale: str) -> str:
+    """A domain problem in the reader's language where the catalog words its code; as the
+    domain wrote it otherwise."""
+    key = f"problem.{problem.code}"
+    if problem.code is None or key not in _CATALOG:
+        return problem.message
+    return translate(key, locale, **dict(problem.values))
+
+
 def keys() -> frozenset[str]:
     return frozenset(_CATALOG)
 
 
 add_messages(
     {
+        # domain problems by code (problem_text); values as the domain passes them
+        "problem.text_length": {
+            "zh-CN": "需要 {low} 到 {high} 个字符",
+            "en": "Needs {low} to {high} characters",
+        },
+        "problem.missing_score": {"zh-CN": "请选择分数", "en": "Choose a score"},
+        "problem.bad_score": {
+            "zh-CN": "分数必须是 1 到 5 的整数（收到 {score}）",
+            "en": "The score must be a whole number from 1 to 5 (got {score})",
+        },
+        "problem.comment_needed": {
+            "zh-CN": "选择 {score} 分时请填写评语",
+            "en": "A score of {score} needs a comment",
+        },
+        "problem.unknown_item": {
+            "zh-CN": "“{item}”不是本评价表的项目，未保存任何内容",
+            "en": "“{item}” is not an item of this form; nothing was saved",
+        },
+        "problem.above_zero": {"zh-CN": "必须大于 0", "en": "Must be above 0"},
+        "problem.not_a_number": {
+            "zh-CN": "请输入数字（收到“{value}”）",
+            "en": "Enter a number (got “{value}”)",
+        },
+        "problem.not_a_date": {
+            "zh-CN": "请输入日期，如 2026-12-31（收到“{value}”）",
+            "en": "Enter a date like 2026-12-31 (got “{value}”)",
+        },
+        "problem.date_in_period": {
+            "zh-CN": "须在考核期 {start} 至 {end} 之内",
+            "en": "Must fall within the period {start} to {end}",
+        },
+        "problem.weights_sum": {
+            "zh-CN": "个人目标权重合计为 {total}%，应为 {share}%",
+            "en": "The personal goals' weights add up to {total}%; they must add up to {share}%",
+        },
+        "problem.too_many_goals": {
+            "zh-CN": "最多 {max} 个个人目标，填写了 {got} 个",
+            "en": "At most {max} personal goals; {got} were filled in",
+        },
+        "problem.too_few_goals": {
+            "zh-CN": "提交前至少需要 {min} 个个人目标",
+            "en": "Add at least {min} personal goals before signing",
+        },
+        "problem.locked": {
+            "zh-CN": "该目标值由考核方案锁定，不能修改",
+            "en": "The policy locks this target; it cannot change",
+        },
+        "problem.return_reason": {
+            "zh-CN": "请说明退回的原因",
+            "en": "Say why the goals are returned",
+        },
         "portal_title": {"zh-CN": "绩效考核门户", "en": "Performance portal"},
         "language": {"zh-CN": "语言", "en": "Language"},
         "lang.zh-CN": {"zh-CN": "中文", "en": "中文"},

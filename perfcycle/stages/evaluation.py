@@ -421,9 +421,12 @@ class AnswerProblem:
     item: str
     column: str  # where a CSV row would hold it: "item", "score" or "comment"
     message: str
-    # What is wrong, for a page to say in the rater's language: missing, unknown, score, comment.
-    kind: str
+    code: str  # errors.Problem.code: a page words it in the rater's language
     score: object = None
+
+    def problem(self) -> Problem:
+        values = (("item", self.item), ("score", self.score))
+        return Problem(self.message, field=self.item, code=self.code, values=values)
 
 
 def answer_problems(
@@ -432,7 +435,7 @@ def answer_problems(
     """Every missing, unknown or invalid answer of one form."""
     known = {i.id: i for i in items}
     problems = [
-        AnswerProblem(i.id, "item", f"item {i.id} is not answered", "missing")
+        AnswerProblem(i.id, "item", f"item {i.id} is not answered", "missing_score")
         for i in items
         if i.id not in answers
     ]
@@ -445,14 +448,14 @@ def answer_problems(
                     item_id,
                     "item",
                     f"{item_id} is not an item for this rater (expected {expected})",
-                    "unknown",
+                    "unknown_item",
                 )
             )
             continue
         message = _score_problem(score)
         if message:
             problems.append(
-                AnswerProblem(item_id, "score", f"{item_id}: {message}", "score", score)
+                AnswerProblem(item_id, "score", f"{item_id}: {message}", "bad_score", score)
             )
         elif score in item.comment_required_for and not comment.strip():
             problems.append(
@@ -460,7 +463,7 @@ def answer_problems(
                     item_id,
                     "comment",
                     f"{item_id}: a score of {score} needs a comment",
-                    "comment",
+                    "comment_needed",
                     score,
                 )
             )
@@ -508,7 +511,7 @@ def submit_evaluation(
     )
     problems = answer_problems(items, answers)
     if problems:
-        raise InvalidInput([Problem(p.message, field=p.item) for p in problems])
+        raise InvalidInput([p.problem() for p in problems])
     _upsert_evaluations(
         session,
         [
@@ -557,9 +560,23 @@ def save_draft(
     known = {i.id for i in items}
     for item, (score, _comment) in answers.items():
         if item not in known:
-            problems.append(Problem(f"'{item}' is not an item of this form", field=item))
+            problems.append(
+                Problem(
+                    f"'{item}' is not an item of this form",
+                    field=item,
+                    code="unknown_item",
+                    values=(("item", item),),
+                )
+            )
         elif score is not None and _score_problem(score):
-            problems.append(Problem(_score_problem(score) or "", field=item))
+            problems.append(
+                Problem(
+                    _score_problem(score) or "",
+                    field=item,
+                    code="bad_score",
+                    values=(("score", score),),
+                )
+            )
     if problems:
         raise InvalidInput(problems)
     stored = {item: {"score": score, "comment": comment}

@@ -233,7 +233,9 @@ def return_goals(
 ) -> None:
     _check_approver(session, cycle_id, employee_id, actor)
     if not comment.strip():
-        raise InvalidInput([Problem("say why the goals are returned", field="comment")])
+        raise InvalidInput(
+            [Problem("say why the goals are returned", field="comment", code="return_reason")]
+        )
     goals = _goals(session, cycle_id, employee_id)
     if any(g.state != "submitted" for g in goals):
         raise InvalidInput([Problem("only submitted goals can be returned", field="state")])
@@ -331,7 +333,12 @@ def save_personal_goals(
     problems: list[Problem] = []
     if len(filled) > share.max:
         problems.append(
-            Problem(f"at most {share.max} personal goals, got {len(filled)}", field="personal")
+            Problem(
+                f"at most {share.max} personal goals, got {len(filled)}",
+                field="personal",
+                code="too_many_goals",
+                values=(("max", share.max), ("got", len(filled))),
+            )
         )
     parsed = [_parse_personal(cycle, n, row, problems) for n, row in filled]
     if not problems and parsed:
@@ -388,7 +395,9 @@ def set_target(
     if goal is None:
         raise InvalidInput([Problem(f"no indicator {indicator_id!r} on this sheet", field=at)])
     if goal.locked:
-        raise InvalidInput([Problem("the policy locks this target; it cannot change", field=at)])
+        raise InvalidInput(
+            [Problem("the policy locks this target; it cannot change", field=at, code="locked")]
+        )
     problems: list[Problem] = []
     value = _number(target, at, problems)
     policy = policy_of(session.get_one(Cycle, cycle_id))
@@ -396,7 +405,9 @@ def set_target(
     indicator = next((i for i in indicators if i.id == indicator_id), None)
     ratio = isinstance(indicator, MetricIndicator) and isinstance(indicator.rule, Ratio)
     if value is not None and ratio and value <= 0:
-        problems.append(Problem("must be above 0 (the score is a ratio to it)", field=at))
+        problems.append(
+            Problem("must be above 0 (the score is a ratio to it)", field=at, code="above_zero")
+        )
     if problems or value is None:
         raise InvalidInput(problems)
     audit.record(
@@ -508,25 +519,36 @@ def _parse_personal(
         text = str(row.get(name, "")).strip()
         low, high = TEXT_CHARS
         if not low <= len(text) <= high:
-            problems.append(Problem(f"needs {low} to {high} characters", field=f"{at}.{name}"))
+            problems.append(
+                Problem(
+                    f"needs {low} to {high} characters",
+                    field=f"{at}.{name}",
+                    code="text_length",
+                    values=(("low", low), ("high", high)),
+                )
+            )
         fields[name] = text
     fields["target"] = _number(row.get("target", ""), f"{at}.target", problems)
     weight = _number(row.get("weight", ""), f"{at}.weight", problems)
     if weight is not None and weight <= 0:
-        problems.append(Problem("must be above 0", field=f"{at}.weight"))
+        problems.append(Problem("must be above 0", field=f"{at}.weight", code="above_zero"))
     fields["weight"] = weight
     raw = str(row.get("deadline", "")).strip()
     try:
         deadline = date.fromisoformat(raw)
     except ValueError:
         message = f"expected a date like 2026-12-31, got {raw!r}"
-        problems.append(Problem(message, field=f"{at}.deadline"))
+        problems.append(
+            Problem(message, field=f"{at}.deadline", code="not_a_date", values=(("value", raw),))
+        )
         deadline = None
     if deadline is not None and not cycle.period_start <= deadline <= cycle.period_end:
         problems.append(
             Problem(
                 f"must fall within the period {cycle.period_start} .. {cycle.period_end}",
                 field=f"{at}.deadline",
+                code="date_in_period",
+                values=(("start", cycle.period_start), ("end", cycle.period_end)),
             )
         )
     fields["deadline"] = deadline
@@ -538,10 +560,24 @@ def _number(text: object, at: str, problems: list[Problem]) -> float | None:
     try:
         value = float(raw)
     except ValueError:
-        problems.append(Problem(f"expected a number, got {str(text)!r}", field=at))
+        problems.append(
+            Problem(
+                f"expected a number, got {str(text)!r}",
+                field=at,
+                code="not_a_number",
+                values=(("value", str(text)),),
+            )
+        )
         return None
     if not math.isfinite(value):
-        problems.append(Problem(f"expected a finite number, got {raw}", field=at))
+        problems.append(
+            Problem(
+                f"expected a finite number, got {raw}",
+                field=at,
+                code="not_a_number",
+                values=(("value", raw),),
+            )
+        )
         return None
     return value
 
@@ -553,6 +589,8 @@ def _weights_add_up(share: float, weights: Sequence[float], problems: list[Probl
             Problem(
                 f"personal goal weights add up to {total:g}%, must be {share:g}%",
                 field="personal.weight",
+                code="weights_sum",
+                values=(("total", f"{total:g}"), ("share", f"{share:g}")),
             )
         )
 
@@ -562,7 +600,12 @@ def _check_personal_share(policy: Policy, personal: Sequence[Goal]) -> None:
     problems: list[Problem] = []
     if len(personal) < share.min:
         problems.append(
-            Problem(f"add at least {share.min} personal goals before signing", field="personal")
+            Problem(
+                f"add at least {share.min} personal goals before signing",
+                field="personal",
+                code="too_few_goals",
+                values=(("min", share.min),),
+            )
         )
     if personal:
         _weights_add_up(share.weight, [g.weight for g in personal], problems)

@@ -36,9 +36,7 @@ from perfcycle.portal.deps import (
 )
 from perfcycle.portal.routes.goals import load_cycle, require_open_stage, use_up_link
 from perfcycle.stages.evaluation import (
-    AnswerProblem,
     FormItemSpec,
-    answer_problems,
     assignment_items,
     load_draft,
     save_draft,
@@ -100,19 +98,6 @@ i18n.add_messages(
         "eval.already_submitted": {
             "zh-CN": "这份评价已经提交，不能再次提交。",
             "en": "This evaluation was already submitted and cannot be submitted again.",
-        },
-        "eval.problem.missing": {"zh-CN": "请选择分数", "en": "Choose a score"},
-        "eval.problem.score": {
-            "zh-CN": "分数必须是 1 到 5 的整数（收到 {score}）",
-            "en": "The score must be a whole number from 1 to 5 (got {score})",
-        },
-        "eval.problem.comment": {
-            "zh-CN": "选择 {score} 分时请填写评语",
-            "en": "A score of {score} needs a comment",
-        },
-        "eval.problem.unknown": {
-            "zh-CN": "“{item}”不是本评价表的项目，未保存任何内容",
-            "en": "“{item}” is not an item of this form; nothing was saved",
         },
         "eval.goal.attainment.5": {"zh-CN": "远超目标", "en": "Far exceeded the goal"},
         "eval.goal.attainment.4": {"zh-CN": "超出目标", "en": "Exceeded the goal"},
@@ -315,22 +300,17 @@ def submit_form(
         raise PageError(409, "eval.already_submitted", message)
     require_open_stage(session, request, cycle, StageName.evaluation)
     policy = engine.cycle_policy(cycle)
-    specs = items_of(session, policy, found)
-    item_ids = [i.id for i in specs]
+    item_ids = [i.id for i in items_of(session, policy, found)]
     answers = parse_answers(form, item_ids)
     if form.get("action") == "draft":
         return keep_draft(request, session, found, form, answers, item_ids, viewer)
-    problems = answer_problems(specs, answers)
-    if problems:
-        errors = answer_errors(problems, item_ids, locale_of(request))
-        return render_form(request, session, found, shown_answers(answers), errors, 422)
     try:
-        # submit_evaluation checks the answers again, and the assignment's state, before writing.
+        # Scores are checked (1..5 integers) by submit_evaluation before anything is written.
         submit_evaluation(session, found.id, answers, viewer.person_id, policy)  # type: ignore[arg-type]
     except InvalidInput as exc:
         session.rollback()
-        shown = shown_answers(answers)
-        return render_form(request, session, found, shown, errors_by_item(exc, item_ids), 422)
+        errors = errors_by_item(exc, item_ids, locale_of(request))
+        return render_form(request, session, found, shown_answers(answers), errors, 422)
     if not any(
         a.state == "pending"
         for a in services.rater_assignments(session, cycle.id, viewer.person_id)
@@ -360,7 +340,7 @@ def keep_draft(
         save_draft(session, found.id, answers, viewer.person_id, policy)  # type: ignore[arg-type]
     except InvalidInput as exc:
         session.rollback()
-        errors = errors_by_item(exc, item_ids)
+        errors = errors_by_item(exc, item_ids, locale_of(request))
         return render_form(request, session, found, shown_answers(answers), errors, 422)
     return RedirectResponse(f"/evaluations/{found.id}?draft=saved", status_code=303)
 
@@ -372,22 +352,12 @@ def shown_answers(
     return {i: (a[0] if isinstance(a[0], int | str) else None, a[1]) for i, a in answers.items()}
 
 
-def answer_errors(
-    problems: list[AnswerProblem], item_ids: list[str], locale: str
+def errors_by_item(
+    exc: InvalidInput, item_ids: list[str], locale: str
 ) -> dict[str, list[str]]:
-    """Each answer problem next to its item, in the rater's language; unknown items on top."""
-    errors: dict[str, list[str]] = {}
-    for p in problems:
-        key = p.item if p.item in item_ids else ""
-        text = i18n.translate(f"eval.problem.{p.kind}", locale, item=p.item, score=p.score)
-        errors.setdefault(key, []).append(text)
-    return errors
-
-
-def errors_by_item(exc: InvalidInput, item_ids: list[str]) -> dict[str, list[str]]:
-    """Each problem next to its item; problems about anything else go on top of the form."""
+    """Each problem next to its item, in the rater's language; others go on top of the form."""
     errors: dict[str, list[str]] = {}
     for problem in exc.problems:
         key = problem.field if problem.field in item_ids else ""
-        errors.setdefault(key, []).append(problem.message)
+        errors.setdefault(key, []).append(i18n.problem_text(problem, locale))
     return errors

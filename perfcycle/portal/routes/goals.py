@@ -172,10 +172,11 @@ def use_up_link(session: Session, request: Request, task_kind: str, cycle_id: in
         consume_task_token(session, request, task_kind, cycle_id)
 
 
-def invalid(exc: InvalidInput) -> PageError:
+def invalid(exc: InvalidInput, locale: str) -> PageError:
+    message = "; ".join(i18n.problem_text(p, locale) for p in exc.problems)
     if isinstance(exc, NotAllowed):
-        return PageError(403, "forbidden", "; ".join(str(p) for p in exc.problems))
-    return PageError(422, "invalid_input", "; ".join(str(p) for p in exc.problems))
+        return PageError(403, "forbidden", message)
+    return PageError(422, "invalid_input", message)
 
 
 @router.get("/goals", response_class=HTMLResponse)
@@ -316,7 +317,8 @@ def edit(
     if problems:
         session.rollback()
         for problem in problems:
-            edits.errors.setdefault(problem.field or "", []).append(problem.message)
+            text = i18n.problem_text(problem, locale_of(request))
+            edits.errors.setdefault(problem.field or "", []).append(text)
         return render_goals(request, session, cycle, viewer.person_id, edits, status_code=422)
     return RedirectResponse(f"/goals?cycle={cycle.id}&saved=1", status_code=303)
 
@@ -333,7 +335,7 @@ def submit(
     try:
         submit_goals(session, cycle.id, viewer.person_id, actor=viewer.person_id)
     except InvalidInput as exc:
-        raise invalid(exc) from exc
+        raise invalid(exc, locale_of(request)) from exc
     use_up_link(session, request, "goals", cycle.id)
     return RedirectResponse(f"/goals?cycle={cycle.id}&saved=1", status_code=303)
 
@@ -359,7 +361,7 @@ def review(
             comment = form_text(form, "comment")
             return_goals(session, cycle.id, employee_id, comment=comment, actor=viewer.person_id)
     except InvalidInput as exc:
-        raise invalid(exc) from exc
+        raise invalid(exc, locale_of(request)) from exc
     # The approval link lists the whole team: it is used up when nothing is left to review.
     waiting = [
         s
