@@ -17,10 +17,11 @@ from perfcycle import cycles, engine
 from perfcycle.db import session_scope
 from perfcycle.demo import Player
 from perfcycle.demo_data import generate_tickets, sample_org, write_org_csv
-from perfcycle.models import Base, Cycle, RaterAssignment
+from perfcycle.models import Base, Cycle, Participant, RaterAssignment
 from perfcycle.org import import_org_csv
 from perfcycle.stages.calibration import DecisionInput, apply_decision
 from perfcycle.stages.evaluation import assignment_items
+from perfcycle.stages.target_setting import approve_goals, submit_goals
 
 
 def launch(url: str, policy: str, period: str, scope: list[str] | None = None,
@@ -40,6 +41,22 @@ def full_answers(
         session, policy, assignment.cycle_id, assignment.ratee_id, assignment.rater_type
     )
     return {i.id: (score, comment) for i in items}
+
+
+def agree_goals_but_one(session: Session, cycle_id: int) -> tuple[str, str]:
+    """Everyone signs their goals and all but one sheet is agreed: the first participant with a
+    manager waits for that manager. Returns (employee, manager)."""
+    rows = session.execute(
+        select(Participant.employee_id, Participant.manager_id)
+        .where(Participant.cycle_id == cycle_id)
+        .order_by(Participant.employee_id)
+    ).all()
+    last, manager = next((e, str(m)) for e, m in rows if m)
+    for employee_id, manager_id in rows:
+        submit_goals(session, cycle_id, employee_id, actor=employee_id)
+        if employee_id != last:
+            approve_goals(session, cycle_id, employee_id, actor=manager_id or "hr-admin")
+    return last, manager
 
 
 def run_until_wait(url: str, cycle_id: int) -> engine.StageStatus:

@@ -42,8 +42,9 @@ from perfcycle.portal.app import create_app
 from perfcycle.portal.routes import ROUTERS
 from perfcycle.settings import REPO_ROOT, Settings, get_settings
 from perfcycle.stages.evaluation import items_for, submit_evaluation
-from perfcycle.stages.target_setting import approve_goals, submit_goals
+from perfcycle.stages.target_setting import submit_goals
 from tests.cycle_driver import (
+    agree_goals_but_one,
     decide,
     full_answers,
     launch,
@@ -449,17 +450,8 @@ def test_the_last_submission_tries_to_resume_the_flow_and_is_saved_without_prefe
 def test_the_last_goal_approval_tries_to_resume_the_flow_and_is_saved_without_prefect(
     db_url: str, cycle: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    employee, manager = first_report(db_url, cycle)
     with session_scope(db_url) as s:
-        rows = s.execute(
-            select(Participant.employee_id, Participant.manager_id).where(
-                Participant.cycle_id == cycle
-            )
-        ).all()
-        for person, boss in rows:
-            submit_goals(s, cycle, person, actor=person)
-            if person != employee:
-                approve_goals(s, cycle, person, actor=boss or "hr-admin")
+        employee, manager = agree_goals_but_one(s, cycle)
     client = signed_in(db_url, manager, cycle, "goals_approval", "target_setting:1")
     page = client.get(f"/goals?cycle={cycle}")
     form = {"csrf_token": csrf_of(page.text), "cycle": str(cycle), "employee": employee}

@@ -33,14 +33,13 @@ from perfcycle.db import session_scope
 from perfcycle.demo import Player
 from perfcycle.demo_data import generate_tickets, sample_org, write_org_csv
 from perfcycle.devstack import Stack
-from perfcycle.models import Base, Cycle, Participant, RaterAssignment, StageInstance
+from perfcycle.models import Base, Cycle, RaterAssignment, StageInstance
 from perfcycle.orchestrator import CLOCK_DEPLOYMENT, launch, run_info
 from perfcycle.org import import_org_csv
 from perfcycle.settings import get_settings
 from perfcycle.stages.evaluation import submit_evaluation
-from perfcycle.stages.target_setting import approve_goals, submit_goals
 from perfcycle.status import cycle_status
-from tests.cycle_driver import full_answers
+from tests.cycle_driver import agree_goals_but_one, full_answers
 from tests.test_portal_pages import csrf_of, form_of, signed_in
 
 pytestmark = pytest.mark.prefect
@@ -129,16 +128,7 @@ def portal_signed_in(stack: Stack, person: str, cycle_id: int, kind: str, ref: s
 
 def approve_last_goals_in_the_portal(stack: Stack, cycle_id: int) -> None:
     with session_scope() as session:
-        rows = session.execute(
-            select(Participant.employee_id, Participant.manager_id)
-            .where(Participant.cycle_id == cycle_id)
-            .order_by(Participant.employee_id)
-        ).all()
-        last, manager = next((e, m) for e, m in rows if m)
-        for employee_id, manager_id in rows:
-            submit_goals(session, cycle_id, employee_id, actor=employee_id)
-            if employee_id != last:
-                approve_goals(session, cycle_id, employee_id, actor=manager_id or "hr-admin")
+        last, manager = agree_goals_but_one(session, cycle_id)
     boss = portal_signed_in(stack, manager, cycle_id, "goals_approval", "target_setting:1")
     page = boss.get(f"/goals?cycle={cycle_id}")
     assert f'id="sheet-{last}"' in page.text
