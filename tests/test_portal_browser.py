@@ -272,7 +272,7 @@ def test_a_rater_opens_the_mailed_link_and_submits_an_evaluation_with_a_required
     assert len(camera.taken) == 4
 
 
-def test_the_evaluation_form_fits_a_phone_screen(
+def test_the_evaluation_and_goal_pages_fit_a_phone_screen(
     stack: Stack, camera: Camera, new_context: Callable[..., BrowserContext]
 ) -> None:
     cycle_id = cycle_at_evaluation(stack)
@@ -289,6 +289,11 @@ def test_the_evaluation_form_fits_a_phone_screen(
     assert phone.locator("form.evaluation fieldset").count() > 0
     assert_fits_the_screen(phone)
     camera.shoot(phone, "phone-evaluation-form")
+    goals = phone.goto(f"{stack.portal.base_url}/goals?cycle={cycle_id}")
+    assert goals is not None and goals.status == 200
+    assert phone.locator("#mine table.goals").count() == 1
+    assert_fits_the_screen(phone)
+    camera.shoot(phone, "phone-goals")
 
 
 # ---------------------------------------------------------------- 2. transparency page
@@ -338,6 +343,15 @@ def test_an_employee_sees_rater_groups_only_when_enough_raters_answered(
             assert too_few in text
             assert group.locator(".mean").count() == 0
         camera.shoot(page, f"transparency-{'shown' if shown else 'too-few'}")
+
+    # The same page, evidence lists and all, on a phone.
+    phone = open_results(
+        stack, new_context(viewport=PHONE, is_mobile=True, has_touch=True), person(stack.url, full),
+        cycle_id,
+    )
+    assert phone.locator("#metrics").count() == 1
+    assert_fits_the_screen(phone)
+    camera.shoot(phone, "phone-transparency")
 
 
 def open_results(stack: Stack, context: BrowserContext, employee: Employee, cycle_id: int) -> Page:

@@ -522,6 +522,11 @@ def test_the_transparency_page_shows_evidence_scores_and_only_big_enough_rater_g
     group = shown.text.split('id="group-service_recipient"')[1].split("</article>")[0]
     assert t("me.answered", n=3) in group and 'class="mean">4.00' in group
     assert t("me.too_few") not in group
+    # One self-assessment is under the threshold, but it is the ratee's own: shown.
+    own = shown.text.split('id="group-self"')[1].split("</article>")[0]
+    assert t("me.answered", n=1) in own and 'class="mean">4.00' in own
+    peers = shown.text.split('id="group-peer"')[1].split("</article>")[0]
+    assert t("me.too_few") in peers and 'class="mean"' not in peers
     with session_scope(db_url) as s:
         result = s.execute(
             text("SELECT grade FROM results WHERE cycle_id = :c AND employee_id = :e"),

@@ -30,6 +30,7 @@ from perfcycle.models import (
     MetricValue,
     Participant,
     RaterAssignment,
+    RaterType,
     Result,
     StageInstance,
     StageName,
@@ -449,7 +450,7 @@ def rater_groups(
         .all()
     )
     means: dict[str, dict[str, float]] = defaultdict(dict)
-    shown_types = [t for t, n in answered.items() if n >= threshold]
+    shown_types = [t for t, n in answered.items() if _shown(t, n, threshold)]
     if shown_types:
         rows = session.execute(
             select(ra.rater_type, ev.item, func.avg(ev.score))
@@ -465,9 +466,14 @@ def rater_groups(
         for rater_type, item, mean in rows:
             means[rater_type][item] = float(mean)
     return [
-        RaterGroup(t, n, n >= threshold, dict(sorted(means[t].items())))
+        RaterGroup(t, n, _shown(t, n, threshold), dict(sorted(means[t].items())))
         for t, n in sorted(answered.items())
     ]
+
+
+def _shown(rater_type: str, answered: int, threshold: int) -> bool:
+    # The self-assessment is the ratee's own answer: there is nobody in it to protect.
+    return answered >= threshold or rater_type == RaterType.self_.value
 
 
 def transparency(session: Session, cycle: Cycle, employee_id: str) -> Transparency:

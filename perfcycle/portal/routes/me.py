@@ -1,7 +1,8 @@
 """The employee's transparency page: own goals, the evidence behind each metric, scores, grade.
 
 Links of kind `results` open /me?cycle=ID: the signed-in person's own records. Rater groups
-appear as aggregates, and only when the policy's anonymity threshold is met. Agreed personal
+appear as aggregates, and only when the policy's anonymity threshold is met (the ratee's own
+self-assessment always). Agreed personal
 goals are listed with their terms and, once released, their score; results and rater groups name
 them by the goal's title.
 
@@ -72,9 +73,9 @@ i18n.add_messages(
             "en": "Rater groups (anonymous aggregates)",
         },
         "me.raters_intro": {
-            "zh-CN": "每个群体至少 {n} 人作答时才显示平均分，绝不显示个人评价。",
+            "zh-CN": "每个群体至少 {n} 人作答时才显示平均分，绝不显示个人评价；自评始终显示。",
             "en": "A group's average is shown only when at least {n} of its raters answered; "
-            "individual answers are never shown.",
+            "individual answers are never shown. The self-assessment is always shown.",
         },
         "me.answered": {"zh-CN": "{n} 人作答", "en": "{n} answered"},
         "me.too_few": {
