@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import operator
+import sqlite3
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -52,9 +54,9 @@ def make_engine(url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
+            _use_wal(cur)
+            cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
         # Writers from the portal, the flows and the CLI share one file: take the write lock at
@@ -67,6 +69,24 @@ def make_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     return create_engine(url, pool_pre_ping=True)
+
+
+WAL_SWITCH_WAIT_S = 30.0
+
+
+def _use_wal(cur: Any) -> None:
+    """Switch the file to WAL (persistent; a no-op once done). The switch needs the file to
+    itself, and SQLite answers "database is locked" at once rather than waiting in its busy
+    handler while another process (a concurrent `perfcycle` start) is in a transaction: retry."""
+    deadline = time.monotonic() + WAL_SWITCH_WAIT_S
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 @lru_cache(maxsize=8)
