@@ -466,6 +466,17 @@ class TaskToken(Base):
     used_at: Mapped[datetime | None]
 
 
+class PortalSessionGeneration(Base):
+    """How many times a person signed out. A session cookie carries the number it was issued
+    under; signing out increments it, so every session issued before (a copied cookie, another
+    device) stops working at once instead of living on until it expires."""
+
+    __tablename__ = "portal_session_generations"
+    person_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    generation: Mapped[int] = mapped_column(default=0)
+    signed_out_at: Mapped[datetime]
+
+
 class PortalRole(Base):
     """A portal role beyond the org chart (hr_admin, committee, supervision, auditor).
 

@@ -315,6 +315,32 @@ def test_signing_out_ends_the_session(db_url: str, org: int) -> None:
     assert client.get("/_probe/me").status_code == 401
 
 
+def test_signing_out_ends_the_persons_other_sessions_too(db_url: str, org: int) -> None:
+    token = issue(db_url, org)
+    laptop, phone, bo = portal(db_url), portal(db_url), portal(db_url)
+    sign_in(laptop, token)
+    sign_in(phone, token)
+    sign_in(bo, issue(db_url, org, person="bo"))
+    copied = laptop.cookies[security.SESSION_COOKIE]
+
+    assert laptop.post("/auth/sign-out", data={"csrf_token": csrf(laptop)}).status_code == 200
+
+    # The other device, and a cookie copied before signing out, no longer sign anyone in.
+    assert phone.get("/_probe/me").status_code == 401
+    thief = portal(db_url)
+    thief.cookies.set(security.SESSION_COOKIE, copied)
+    assert thief.get("/_probe/me").status_code == 401
+    assert thief.get("/").status_code == 200 and "Amy" not in thief.get("/").text
+    assert bo.get("/_probe/me").json()["person"] == "bo"  # someone else's session is theirs
+    with session_scope(db_url) as s:
+        event = s.scalars(select(AuditEvent).where(AuditEvent.action == "portal.signed_out")).one()
+        assert event.actor == "amy"
+    # The dead session does not stand in the way of the person's own link: it signs in afresh.
+    sign_in(phone, token)
+    assert phone.get("/_probe/me").json()["person"] == "amy"
+    assert laptop.get("/_probe/me").status_code == 401
+
+
 def test_a_person_who_left_cannot_sign_in_with_an_old_link(db_url: str, org: int) -> None:
     token = issue(db_url, org, person="gone")
 

@@ -45,7 +45,7 @@ from perfcycle import clock, engine
 from perfcycle.db import session_scope
 from perfcycle.errors import InvalidInput
 from perfcycle.mail.render import stage_title
-from perfcycle.models import Cycle, Employee, PortalRole, TaskToken
+from perfcycle.models import Cycle, Employee, PortalRole, PortalSessionGeneration, TaskToken
 from perfcycle.portal import i18n, links, security
 
 log = logging.getLogger(__name__)
@@ -171,19 +171,47 @@ def session_data(request: Request) -> security.SessionData | None:
     return security.decode_session(request.cookies.get(security.SESSION_COOKIE), clock.now())
 
 
-def load_viewer(session: Session, person_id: str) -> Viewer | None:
+def session_generation(session: Session, person_id: str) -> int:
+    """The person's current sign-out count: a session cookie must carry it to be valid."""
+    found = session.scalar(
+        select(PortalSessionGeneration.generation).where(
+            PortalSessionGeneration.person_id == person_id
+        )
+    )
+    return found or 0
+
+
+def viewer_of(session: Session, data: security.SessionData | None) -> Viewer | None:
+    """Who a verified session cookie signs in, or None: no cookie, a person no longer active,
+    or a session they ended by signing out (on this or any other device)."""
+    if data is None:
+        return None
+    return load_viewer(session, data.person_id, generation=data.generation)
+
+
+def load_viewer(session: Session, person_id: str, generation: int | None = None) -> Viewer | None:
     """The active employee's view of the portal with their roles; None if not an active employee.
 
-    Runs on every request: two plain queries, no ORM objects.
+    With `generation`, also None when the person signed out since a session of that generation
+    was issued. Runs on every request: two plain queries, no ORM objects.
     """
     report = aliased(Employee)
     has_reports = exists().where(report.manager_id == person_id, report.active.is_(True))
+    current = (
+        select(PortalSessionGeneration.generation)
+        .where(PortalSessionGeneration.person_id == Employee.id)
+        .scalar_subquery()
+    )
     row = session.execute(
-        select(Employee.name, Employee.email, Employee.locale, has_reports.label("manager")).where(
-            Employee.id == person_id, Employee.active.is_(True)
-        )
+        select(
+            Employee.name,
+            Employee.email,
+            Employee.locale,
+            has_reports.label("manager"),
+            current.label("generation"),
+        ).where(Employee.id == person_id, Employee.active.is_(True))
     ).one_or_none()
-    if row is None:
+    if row is None or (generation is not None and generation != (row.generation or 0)):
         return None
     roles = {"employee", "manager"} if row.manager else {"employee"}
     principals = (person_id, row.email.strip().lower())
@@ -207,8 +235,7 @@ def current_viewer(request: Request, session: SessionDep) -> Viewer:
     cached = getattr(request.state, "viewer", None)
     if isinstance(cached, Viewer):
         return cached
-    data = session_data(request)
-    viewer = load_viewer(session, data.person_id) if data else None
+    viewer = viewer_of(session, session_data(request))
     if viewer is None:
         text = i18n.translate("sign_in_required_text", _locale(request))
         raise PageError(401, "sign_in_required", text)

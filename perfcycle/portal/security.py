@@ -37,15 +37,18 @@ class SessionData:
     issued_at: int  # unix seconds
     expires_at: int  # unix seconds
     token_ids: tuple[int, ...] = field(default=())
+    # The person's sign-out count when issued (models.PortalSessionGeneration).
+    generation: int = 0
 
     def with_token(self, token_id: int) -> SessionData:
         kept = tuple(t for t in self.token_ids if t != token_id)
         return replace(self, token_ids=(*kept, token_id)[-MAX_SESSION_TOKENS:])
 
 
-def new_session(person_id: str, now: datetime) -> SessionData:
+def new_session(person_id: str, now: datetime, generation: int = 0) -> SessionData:
     issued = int(now.timestamp())
-    return SessionData(person_id, issued, issued + int(SESSION_LIFETIME.total_seconds()))
+    lifetime = int(SESSION_LIFETIME.total_seconds())
+    return SessionData(person_id, issued, issued + lifetime, generation=generation)
 
 
 def _key(purpose: str) -> bytes:
@@ -72,6 +75,7 @@ def encode_session(data: SessionData) -> str:
         "iat": data.issued_at,
         "exp": data.expires_at,
         "tok": list(data.token_ids),
+        "g": data.generation,
     }
     body = _b64(json.dumps(payload, separators=(",", ":")).encode())
     return f"{body}.{_sign('session', body)}"
@@ -95,6 +99,7 @@ def decode_session(cookie: str | None, now: datetime) -> SessionData | None:
             issued_at=_int(payload["iat"]),
             expires_at=_int(payload["exp"]),
             token_ids=tuple(_int(t) for t in payload["tok"]),
+            generation=_int(payload.get("g", 0)),
         )
     except (ValueError, KeyError, TypeError, binascii.Error):
         return None

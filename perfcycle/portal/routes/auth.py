@@ -22,7 +22,7 @@ from starlette.datastructures import FormData
 
 from perfcycle import audit, clock, outbox
 from perfcycle.errors import InvalidInput
-from perfcycle.models import Employee, OutboxMessage, TaskToken
+from perfcycle.models import Employee, OutboxMessage, PortalSessionGeneration, TaskToken
 from perfcycle.portal import i18n, links, security
 from perfcycle.portal.deps import (
     CsrfForm,
@@ -33,7 +33,9 @@ from perfcycle.portal.deps import (
     locale_of,
     render,
     session_data,
+    session_generation,
     set_session_cookie,
+    viewer_of,
 )
 
 router = APIRouter()
@@ -65,9 +67,11 @@ def task_page(row: TaskToken) -> str:
 def open_link(request: Request, token: str, session: SessionDep) -> Response:
     now = clock.now()
     current = session_data(request)
-    signed_in = load_viewer(session, current.person_id) if current else None
+    signed_in = viewer_of(session, current)
     if signed_in is not None:
         request.state.viewer = signed_in  # pages below speak the signed-in person's language
+    else:
+        current = None  # a session ended by signing out (or of someone who left) counts for nothing
     row = _token_row(session, token)
     if row is None:
         raise _unknown_link(request)
@@ -95,7 +99,8 @@ def open_link(request: Request, token: str, session: SessionDep) -> Response:
             links.consume(session, row, now)
         except InvalidInput:  # another request used it a moment ago
             raise _used_link(request, row) from None
-    return _landing(row, current or security.new_session(row.person_id, now))
+    fresh = security.new_session(row.person_id, now, session_generation(session, row.person_id))
+    return _landing(row, current or fresh)
 
 
 def _landing(row: TaskToken, base: security.SessionData) -> Response:
@@ -244,7 +249,25 @@ def _enqueue_sign_in_link(session: Session, employee: Employee, now: datetime) -
 
 
 @router.post("/auth/sign-out", response_class=HTMLResponse)
-def sign_out(request: Request, form: CsrfForm) -> HTMLResponse:
+def sign_out(request: Request, session: SessionDep, form: CsrfForm) -> HTMLResponse:
+    """Ends this browser's session and every other one of the person's (a copied cookie, another
+    device): their sign-out count moves on, and sessions carry the count they were issued at."""
+    data = session_data(request)
+    if viewer_of(session, data) is not None and data is not None:
+        _end_sessions(session, data.person_id)
     response = render(request, "auth_signed_out.html", {"signed_in": False})
     clear_session_cookie(response)
     return response
+
+
+def _end_sessions(session: Session, person_id: str) -> None:
+    now = clock.now()
+    row = session.get(PortalSessionGeneration, person_id, with_for_update=True)
+    if row is None:
+        session.add(PortalSessionGeneration(person_id=person_id, generation=1, signed_out_at=now))
+    else:
+        row.generation += 1
+        row.signed_out_at = now
+    audit.record(
+        session, actor=person_id, action="portal.signed_out", subject=f"person:{person_id}"
+    )

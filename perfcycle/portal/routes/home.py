@@ -29,10 +29,10 @@ from perfcycle.portal import i18n, services
 from perfcycle.portal.deps import (
     SessionDep,
     Viewer,
-    load_viewer,
     locale_of,
     render,
     session_data,
+    viewer_of,
 )
 from perfcycle.portal.routes import hr
 from perfcycle.portal.routes.auth import TASK_PAGES
@@ -145,8 +145,7 @@ def home(request: Request, session: SessionDep) -> HTMLResponse:
 
 def signed_in_viewer(request: Request, session: Session) -> Viewer | None:
     """Like deps.current_viewer, but an anonymous visitor gets the home page rather than a 401."""
-    data = session_data(request)
-    viewer = load_viewer(session, data.person_id) if data else None
+    viewer = viewer_of(session, session_data(request))
     if viewer is not None:
         request.state.viewer = viewer  # render() and locale_of() speak the viewer's language
     return viewer
