@@ -116,6 +116,11 @@ def validate_launch(session: Session, req: LaunchRequest) -> ValidLaunch:
                 dept_ids.append(dept_id)
     elif policy:
         dept_ids = sorted(d.id for d in departments.values() if d.type in policy.department_types)
+    if policy and wanted and set(dept_ids) == {
+        d.id for d in departments.values() if d.type in policy.department_types
+    }:
+        # Naming every department the policy applies to is the empty scope: one cycle, not two.
+        wanted = ""
 
     employee_ids: list[str] = []
     if dept_ids:

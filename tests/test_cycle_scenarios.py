@@ -296,6 +296,8 @@ def test_the_same_launch_is_one_cycle_whatever_the_scope_order(
     participants = count(demo.url, Participant, Participant.cycle_id == first)
     assert open_([fin, it]) == (first, False)
     assert open_([fin, it, it, f" {fin} "]) == (first, False)
+    # Every department the policy applies to, named or not, is the same cycle.
+    assert open_([]) == (first, False)
     assert count(demo.url, Cycle) == 1
     assert count(demo.url, Participant) == participants
     assert len(audit_actions(demo.url, "cycle.opened")) == 1
