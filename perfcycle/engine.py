@@ -91,9 +91,12 @@ def _first_not_completed(policy: Policy, instances: dict[str, StageInstance]) ->
 
 
 def open_stage(session: Session, cycle: Cycle, policy: Policy, stage: Stage) -> StageInstance:
+    returning = cycle.current_stage != stage.name
     cycle.current_stage = stage.name
     existing = stage_instances(session, cycle.id).get(stage.name)
     if existing is not None:
+        if returning and existing.state == "open":
+            _full_time_on_return(session, cycle, stage, existing)
         return existing
     first = stage.name == policy.stages[0].name
     opened = clock.now()
@@ -120,6 +123,27 @@ def open_stage(session: Session, cycle: Cycle, policy: Policy, stage: Stage) -> 
     )
     _mail_hr(session, cycle, inst, "stage_opened")
     return inst
+
+
+def _full_time_on_return(
+    session: Session, cycle: Cycle, stage: Stage, inst: StageInstance
+) -> None:
+    """A stage the cycle comes back to (calibration after a send-back's re-evaluation) keeps
+    its whole period from now: the earlier stage may have run late or been extended."""
+    due = clock.now() + timedelta(days=stage.days)
+    if due <= inst.due_at:
+        return
+    before = inst.due_at
+    inst.due_at = due
+    audit.record(
+        session,
+        actor=audit.SYSTEM,
+        action="stage.deadline_reset",
+        subject=f"cycle:{cycle.id}/stage:{stage.name}",
+        cycle_id=cycle.id,
+        before={"due_at": before.isoformat()},
+        after={"due_at": due.isoformat()},
+    )
 
 
 def enter_stage(

@@ -743,6 +743,52 @@ def test_calibration_never_advances_at_its_deadline_but_escalates_once(
 # ---------------------------------------------------------------- 5. calibration
 
 
+def test_after_a_late_re_evaluation_the_committee_still_gets_its_full_period(
+    demo: DemoOrg, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = demo.url
+    cycle_id = launch(url, "external-service", PERIOD)  # evaluation: 14 days, then extend 5
+    play_until_waiting_at(url, cycle_id, "calibration")
+    target = sorted(
+        set(_ratees(url, cycle_id))
+    )[0]
+    decide(url, cycle_id, decision="send_back", approver="chair", comment="re-check",
+           send_back_employees=[target])
+    evaluation_due = stage_of(url, cycle_id, "evaluation").due_at
+    assert stage_of(url, cycle_id, "calibration").due_at == evaluation_due + timedelta(days=7)
+
+    # Re-evaluation runs into its extension: the clock moves the deadline by 5 days...
+    freeze(monkeypatch, evaluation_due + timedelta(hours=1))
+    assert run_until_wait(url, cycle_id).stage == "evaluation"
+    assert stage_of(url, cycle_id, "evaluation").due_at == evaluation_due + timedelta(days=5)
+    # ...and the raters finish on day 4 of it.
+    finished = evaluation_due + timedelta(days=4)
+    freeze(monkeypatch, finished)
+    with session_scope(url) as session:
+        pending = session.scalars(
+            select(RaterAssignment).where(
+                RaterAssignment.cycle_id == cycle_id, RaterAssignment.state == "pending"
+            )
+        ).all()
+        policy = engine.cycle_policy(engine.get_cycle(session, cycle_id))
+        for a in pending:
+            submit_evaluation(session, a.id, full_answers(session, a), a.rater_id, policy)
+    status = play_until_waiting_at(url, cycle_id, "calibration")
+    assert status.wait == "approval"
+    # Seven days from when the committee has the results again, not from the old deadline.
+    assert stage_of(url, cycle_id, "calibration").due_at == finished + timedelta(days=7)
+    assert audit_actions(url, "stage.deadline_reset")
+
+
+def _ratees(url: str, cycle_id: int) -> list[str]:
+    with session_scope(url) as session:
+        return list(
+            session.scalars(
+                select(RaterAssignment.ratee_id).where(RaterAssignment.cycle_id == cycle_id)
+            )
+        )
+
+
 def test_send_back_reopens_only_the_named_employee_then_approve_with_an_adjustment(
     demo: DemoOrg,
 ) -> None:
