@@ -234,6 +234,11 @@ def goals_journey(url: str, cycle_id: int) -> None:
     assert t("goals.state.agreed") in page.text
     assert t("goals.not_signed") not in page.text.split('id="mine"')[1].split("</section>")[0]
     assert 'id="returned"' not in page.text  # the return is history once agreed
+    # Switched to English, the policy's indicators are named in English (titles stay as signed).
+    english = me.get(f"/goals?cycle={cycle_id}&lang=en").text.split('id="mine"')[1]
+    for indicator in policy.indicators:
+        assert f"{indicator.name.en}" in english.replace("&amp;", "&")
+        assert indicator.name.zh_CN not in english
 
 
 def test_goals_are_submitted_returned_and_agreed_by_both(db_url: str, cycle: int) -> None:

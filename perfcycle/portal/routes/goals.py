@@ -252,6 +252,9 @@ def render_goals(
     share = policy.personal_goals if policy else None
     locale = locale_of(request)
     category_names = {c.id: c.name.get(locale) for c in policy.categories} if policy else {}
+    # The sheet keeps the titles as signed; the page names the policy's indicators in the
+    # reader's language.
+    indicator_names = {i.id: i.name.get(locale) for i in policy.indicators} if policy else {}
     category = category_names.get(share.category or "", "") if share and share.max else ""
     # Blank rows up to the policy's maximum, so adding a goal needs no script.
     rows = edits.personal + [dict.fromkeys(PERSONAL_FIELDS, "")] * (
@@ -266,6 +269,7 @@ def render_goals(
             "mine": services.goal_sheet(session, cycle.id, person_id),
             "returned": returned,
             "category_names": category_names,
+            "indicator_names": indicator_names,
             "returned_by": services.names_of(session, {returned.by}).get(returned.by, returned.by)
             if returned
             else "",
