@@ -406,6 +406,9 @@ def test_an_expired_link_offers_a_new_one_which_arrives_and_signs_in(
     assert fresh != link
     opened = page.goto(fresh)
     assert opened is not None and opened.status == 200
+    camera.shoot(page, "sign-in-button")
+    signed = press(page, "#continue")
+    assert signed.status == 303
     listed = page.goto(f"{stack.portal.base_url}/evaluations?cycle={cycle_id}")
     assert listed is not None and listed.status == 200
     assert page.locator(f"#assignment-{mine.id}").is_visible()

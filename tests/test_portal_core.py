@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.testclient import TestClient
+from httpx import Response
 from sqlalchemy import select
 
 from perfcycle import audit
@@ -171,6 +172,15 @@ def sign_in(client: TestClient, token: str) -> None:
     assert response.status_code == 303, response.text
 
 
+def press_sign_in(client: TestClient, token: str) -> Response:
+    """Open a sign-in link (a page with a button) and press its button."""
+    page = client.get(f"/t/{token}")
+    assert page.status_code == 200, page.text
+    found = CSRF_FIELD.search(page.text)
+    assert found and f'action="/t/{token}"' in page.text, page.text
+    return client.post(f"/t/{token}", data={"csrf_token": found.group(1)})
+
+
 def csrf(client: TestClient) -> str:
     """The CSRF token a form on a page carries, for whoever this client is signed in as."""
     page = client.get("/auth/sign-in")
@@ -202,7 +212,6 @@ def outbox_rows(db_url: str) -> list[OutboxMessage]:
         ("goals", "/goals?cycle={c}"),
         ("goals_approval", "/goals?cycle={c}"),
         ("results", "/me?cycle={c}"),
-        ("sign_in", "/"),
     ],
 )
 def test_a_link_signs_in_and_lands_on_its_task_page(
@@ -219,6 +228,26 @@ def test_a_link_signs_in_and_lands_on_its_task_page(
     assert cookie.startswith(f"{security.SESSION_COOKIE}=")
     assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Secure" not in cookie
     assert client.get("/_probe/me").json()["person"] == "amy"
+
+
+def test_a_sign_in_link_signs_in_only_when_its_button_is_pressed(db_url: str, org: int) -> None:
+    token = issue(db_url, org, kind="sign_in")
+    scanner = portal(db_url)  # a mail scanner opens every link it finds: that must spend nothing
+    before = snapshot(db_url)
+    page = scanner.get(f"/t/{token}?lang=en")
+    assert page.status_code == 200 and "works once" in page.text
+    assert snapshot(db_url) == before and security.SESSION_COOKIE not in scanner.cookies
+    assert scanner.get("/_probe/me").status_code == 401
+
+    person = portal(db_url)
+    response = press_sign_in(person, token)
+    assert (response.status_code, response.headers["location"]) == (303, "/")
+    assert person.get("/_probe/me").json()["person"] == "amy"
+    with session_scope(db_url) as s:
+        assert s.scalars(select(TaskToken)).one().used_at == NOW
+    # A task link is not confirmed this way.
+    task = issue(db_url, org)
+    assert person.post(f"/t/{task}", data={"csrf_token": csrf(person)}).status_code == 400
 
 
 def test_opening_a_link_uses_nothing_up_and_changes_nothing(db_url: str, org: int) -> None:
@@ -524,7 +553,7 @@ def test_asking_for_a_link_mails_exactly_one_that_signs_in(
         NOW + timedelta(hours=4),
     )
     fresh = portal(db_url)
-    assert fresh.get(f"/t/{token}").headers["location"] == "/"
+    assert press_sign_in(fresh, token).headers["location"] == "/"
     assert fresh.get("/_probe/me").json()["person"] == "amy"
 
 

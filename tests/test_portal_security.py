@@ -22,6 +22,7 @@ from tests.test_portal_core import (
     csrf,
     issue,
     portal,
+    press_sign_in,
     sign_in,
     snapshot,
 )
@@ -99,7 +100,7 @@ def test_a_used_link_signs_nobody_in_again_and_its_post_is_refused_409(
 def test_a_sign_in_link_works_once(db_url: str, org: int) -> None:
     token = issue(db_url, org, kind="sign_in")
     first = portal(db_url)
-    sign_in(first, token)
+    assert press_sign_in(first, token).status_code == 303
     assert first.get("/_probe/me").json()["person"] == "amy"
     with session_scope(db_url) as s:
         assert s.scalars(select(TaskToken)).one().used_at == NOW
@@ -107,6 +108,8 @@ def test_a_sign_in_link_works_once(db_url: str, org: int) -> None:
     other = portal(db_url)
     page = refused(db_url, other, "GET", f"/t/{token}?lang=en")
     assert page.startswith("409 ") and "each works once" in page
+    page = refused(db_url, other, "POST", f"/t/{token}?lang=en", data={"csrf_token": csrf(other)})
+    assert page.startswith("409 ")
     assert security.SESSION_COOKIE not in other.cookies
 
 

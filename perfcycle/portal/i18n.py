@@ -227,6 +227,11 @@ add_messages(
             "its way; it works for {hours} hours.",
         },
         "sign_in_title": {"zh-CN": "登录绩效考核门户", "en": "Sign in to the performance portal"},
+        "sign_in_continue": {"zh-CN": "登录", "en": "Sign in"},
+        "sign_in_continue_text": {
+            "zh-CN": "点击下面的按钮登录。此登录链接只能使用一次。",
+            "en": "Press the button below to sign in. This sign-in link works once.",
+        },
         "signed_out": {"zh-CN": "您已退出登录。", "en": "You are signed out."},
         "email_required": {"zh-CN": "请输入有效的邮箱地址", "en": "Enter a valid email address"},
         "home_intro": {

@@ -7,7 +7,8 @@ silently switched.
 
 A used link signs nobody in again: its person, if this browser is already theirs, lands on the
 page (their answers, read-only); anyone else gets 409 and the form for a new sign-in link. A
-sign-in link has no task, so opening it is what uses it up.
+sign-in link has no task: its page has a button, and pressing it (POST) is what uses it up, so
+a mail scanner that opens links does not spend it.
 """
 
 from __future__ import annotations
@@ -65,7 +66,41 @@ def task_page(row: TaskToken) -> str:
 
 @router.get("/t/{token}")
 def open_link(request: Request, token: str, session: SessionDep) -> Response:
-    now = clock.now()
+    row, current = _checked_link(request, session, token)
+    if row.used_at is not None:
+        if current is not None:  # already signed in as the link's person: nothing to grant
+            return _landing(row, current)
+        raise _used_link(request, row)
+    if row.task_kind == SIGN_IN_KIND:
+        # Mail scanners open links to check them: a GET must not use up a one-time link. The
+        # person confirms with a button (POST below), which a scanner does not press.
+        response = render(request, "auth_continue.html", {"token": token})
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    return _landing(row, current or _fresh_session(session, row))
+
+
+@router.post("/t/{token}")
+def confirm_sign_in(request: Request, token: str, session: SessionDep, form: CsrfForm) -> Response:
+    """The sign-in link's button: uses the link up and signs the browser in."""
+    row, current = _checked_link(request, session, token)
+    if row.task_kind != SIGN_IN_KIND:
+        raise PageError(400, "bad_request", "only a sign-in link is confirmed with a POST")
+    if row.used_at is not None:
+        raise _used_link(request, row)
+    try:
+        links.consume(session, row, clock.now())
+    except InvalidInput:  # another request used it a moment ago
+        raise _used_link(request, row) from None
+    return _landing(row, current or _fresh_session(session, row))
+
+
+def _checked_link(
+    request: Request, session: Session, token: str
+) -> tuple[TaskToken, security.SessionData | None]:
+    """The link's row and this browser's live session (None if it has none, or one ended by
+    signing out), or the page saying why the link cannot be used: unknown 404, expired 410,
+    someone else's 403, of a person who left 404."""
     current = session_data(request)
     signed_in = viewer_of(session, current)
     if signed_in is not None:
@@ -75,7 +110,7 @@ def open_link(request: Request, token: str, session: SessionDep) -> Response:
     row = _token_row(session, token)
     if row is None:
         raise _unknown_link(request)
-    if now >= row.expires_at:
+    if clock.now() >= row.expires_at:
         raise PageError(
             410,
             "link_expired",
@@ -90,17 +125,13 @@ def open_link(request: Request, token: str, session: SessionDep) -> Response:
     if load_viewer(session, row.person_id) is None:
         # The person left the organisation after the mail was sent.
         raise _unknown_link(request)
-    if row.used_at is not None:
-        if current is not None:  # already signed in as the link's person: nothing to grant
-            return _landing(row, current)
-        raise _used_link(request, row)
-    if row.task_kind == SIGN_IN_KIND:
-        try:
-            links.consume(session, row, now)
-        except InvalidInput:  # another request used it a moment ago
-            raise _used_link(request, row) from None
-    fresh = security.new_session(row.person_id, now, session_generation(session, row.person_id))
-    return _landing(row, current or fresh)
+    return row, current
+
+
+def _fresh_session(session: Session, row: TaskToken) -> security.SessionData:
+    return security.new_session(
+        row.person_id, clock.now(), session_generation(session, row.person_id)
+    )
 
 
 def _landing(row: TaskToken, base: security.SessionData) -> Response:
