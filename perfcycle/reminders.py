@@ -90,8 +90,9 @@ def tick(session: Session, now: datetime) -> dict[str, int]:
     }
 
 
-def open_people_stages(session: Session) -> list[OpenStage]:
-    rows = session.execute(
+def open_people_stages(session: Session, cycle_id: int | None = None) -> list[OpenStage]:
+    """The open stages where people have tasks, of every running cycle or of one."""
+    query = (
         select(Cycle, StageInstance)
         .join(StageInstance, StageInstance.cycle_id == Cycle.id)
         .where(
@@ -100,7 +101,10 @@ def open_people_stages(session: Session) -> list[OpenStage]:
             StageInstance.name.in_([s.value for s in PEOPLE_STAGES]),
         )
         .order_by(Cycle.id, StageInstance.position)
-    ).tuples()
+    )
+    if cycle_id is not None:
+        query = query.where(Cycle.id == cycle_id)
+    rows = session.execute(query).tuples()
     found = []
     for cycle, inst in rows:
         policy = policy_of(cycle)
@@ -169,6 +173,35 @@ def due_reminders(session: Session, now: datetime) -> int:
         notify(session, None, policy, "reminder", recipients, now.date().isoformat())
         for policy, recipients in digests.values()
     )
+
+
+def remind_now(session: Session, cycle_id: int, now: datetime) -> tuple[int, int]:
+    """HR's "remind now": a digest like the daily one to everyone with unfinished work in the
+    cycle's open stages, keyed by the minute so a double click sends nothing twice.
+    Returns (people, mails queued)."""
+    stages = open_people_stages(session, cycle_id)
+    entries = [
+        _Entry(person_id, task, stage, None)
+        for stage in stages
+        for person_id, tasks in stage.handler.pending(
+            session, stage.cycle, stage.policy, stage.inst
+        ).items()
+        for task in tasks
+    ]
+    people = _active_people(session, {e.person_id for e in entries})
+    mine: dict[str, list[_Entry]] = defaultdict(list)
+    for e in entries:
+        if e.person_id in people:
+            mine[e.person_id].append(e)
+    recipients = []
+    for person_id, listed in sorted(mine.items()):
+        listed.sort(key=lambda e: (e.stage.inst.due_at, e.stage.inst.position))
+        recipients.append(_digest_for(people[person_id], listed[0], listed))
+    if not stages or not recipients:
+        return 0, 0
+    cycle, policy = stages[0].cycle, stages[0].policy
+    occurrence = f"manual:{now.strftime('%Y-%m-%dT%H:%M')}"
+    return len(recipients), notify(session, cycle, policy, "reminder", recipients, occurrence)
 
 
 def _reminder_entries(session: Session, stage: OpenStage, now: datetime) -> list[_Entry]:

@@ -24,7 +24,7 @@ from sqlalchemy import func, select, text
 from perfcycle import engine, outbox, relay
 from perfcycle.db import session_scope
 from perfcycle.devstack import pick_free_ports
-from perfcycle.mail.render import stage_title
+from perfcycle.mail.render import render, stage_title
 from perfcycle.models import (
     AuditEvent,
     Employee,
@@ -615,6 +615,19 @@ def test_hr_sees_progress_by_department_and_overdue_people_and_reminds_them(
     assert len(reminders) == total
     assert {m.recipient_id for m in reminders} >= {employee}
     assert all(m.context["tasks"][0]["link"].startswith("http") for m in reminders)
+    # Every one of them renders (StrictUndefined): a reminder HR sends must reach the inbox.
+    for m in reminders:
+        rendered = render(m.template, m.locale, m.context)
+        assert rendered.text and rendered.html and rendered.subject
+    port = pick_free_ports(1)[0]
+    recorder = Recorder()
+    with Server(recorder, port):
+        report = relay.relay_until_idle(
+            db_url, settings=Settings(smtp_host="127.0.0.1", smtp_port=port)
+        )
+    assert report.failed == 0
+    delivered_to = {str(message["To"]) for message in recorder.messages}
+    assert {m.recipient_email for m in reminders} <= delivered_to
     again = hr.post(f"/hr/cycles/{cycle}/remind", data={"csrf_token": csrf_of(page.text)})
     assert again.headers["location"].endswith("reminded=0")
     with session_scope(db_url) as s:

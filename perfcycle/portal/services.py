@@ -36,7 +36,6 @@ from perfcycle.models import (
     StageName,
 )
 from perfcycle.policy import (
-    PEOPLE_STAGES,
     MetricIndicator,
     Policy,
     RatedIndicator,
@@ -44,8 +43,7 @@ from perfcycle.policy import (
     VetoIndicator,
 )
 from perfcycle.portal import i18n
-from perfcycle.reminders import describe
-from perfcycle.stages.base import PendingWork
+from perfcycle.reminders import describe, open_people_stages
 
 AUDIT_PAGE_SIZE = 50
 
@@ -754,29 +752,6 @@ def hr_progress(session: Session, cycle: Cycle, now: datetime, locale: str) -> H
     return HrProgress(cycle, stages, overdue_tasks(session, cycle, policy, now, locale))
 
 
-def open_people_stages(session: Session, cycle: Cycle) -> list[StageInstance]:
-    return list(
-        session.scalars(
-            select(StageInstance)
-            .where(
-                StageInstance.cycle_id == cycle.id,
-                StageInstance.state == "open",
-                StageInstance.name.in_([s.value for s in PEOPLE_STAGES]),
-            )
-            .order_by(StageInstance.position)
-        )
-    )
-
-
-def pending_work(
-    session: Session, cycle: Cycle, policy: Policy, inst: StageInstance
-) -> dict[str, list[Any]]:
-    handler = engine.handler_for(inst.name)
-    if not isinstance(handler, PendingWork):
-        return {}
-    return dict(handler.pending(session, cycle, policy, inst))
-
-
 def overdue_tasks(
     session: Session, cycle: Cycle, policy: Policy, now: datetime, locale: str
 ) -> list[OverdueTask]:
@@ -784,10 +759,11 @@ def overdue_tasks(
     if cycle.state != "running":
         return []
     found: list[tuple[str, str, StageInstance, Any]] = []
-    for inst in open_people_stages(session, cycle):
+    for open_stage in open_people_stages(session, cycle.id):
+        inst = open_stage.inst
         if now < inst.due_at:
             continue
-        for person_id, tasks in pending_work(session, cycle, policy, inst).items():
+        for person_id, tasks in open_stage.handler.pending(session, cycle, policy, inst).items():
             found += [(person_id, inst.name, inst, t) for t in tasks]
     people = {
         e.id: e

@@ -12,17 +12,14 @@ retry forms are rendered only for HR admins, and their POST routes admit HR admi
 
 from __future__ import annotations
 
-from collections import defaultdict
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from perfcycle import audit, clock, engine, outbox, status
-from perfcycle.models import Cycle, Employee
-from perfcycle.notify import ListedTask, Recipient, TaskLink, notify
+from perfcycle import audit, clock, outbox, reminders, status
+from perfcycle.models import Cycle
 from perfcycle.portal import i18n, services
 from perfcycle.portal.deps import (
     CsrfForm,
@@ -34,7 +31,6 @@ from perfcycle.portal.deps import (
     require_roles,
 )
 from perfcycle.portal.routes.goals import load_cycle
-from perfcycle.reminders import describe
 from perfcycle.settings import get_settings
 
 router = APIRouter()
@@ -192,62 +188,13 @@ def _message_id(value: object) -> int:
 
 def enqueue_manual_reminders(session: Session, cycle: Cycle, *, actor: str) -> int:
     """One `reminder` mail per person with pending work in the cycle's open stages."""
-    policy = engine.cycle_policy(cycle)
-    tasks: dict[str, list[tuple[Any, Any]]] = defaultdict(list)
-    for inst in services.open_people_stages(session, cycle):
-        for person_id, pending in services.pending_work(session, cycle, policy, inst).items():
-            tasks[person_id] += [(inst, task) for task in pending]
-    people = {
-        e.id: e
-        for e in session.scalars(select(Employee).where(Employee.id.in_(sorted(tasks))))
-        if e.active
-    }
-    recipients = [
-        _reminder_for(cycle, policy, people[person_id], listed)
-        for person_id, listed in sorted(tasks.items())
-        if person_id in people
-    ]
-    now = clock.now()
-    queued = notify(
-        session,
-        cycle,
-        policy,
-        "reminder",
-        recipients,
-        f"manual:{now.strftime('%Y-%m-%dT%H:%M')}",
-    )
+    people, queued = reminders.remind_now(session, cycle.id, clock.now())
     audit.record(
         session,
         actor=actor,
         action="reminders.sent_now",
         subject=f"cycle:{cycle.id}",
         cycle_id=cycle.id,
-        after={"people": len(recipients), "mails": queued},
+        after={"people": people, "mails": queued},
     )
     return queued
-
-
-def _reminder_for(cycle: Cycle, policy: Any, person: Employee, listed: list[Any]) -> Recipient:
-    listed = sorted(listed, key=lambda pair: pair[0].due_at)
-    entries = [
-        ListedTask(
-            {
-                "cycle_id": cycle.id,
-                "period": cycle.period,
-                "cycle_title": policy.title.get(person.locale),
-                "stage": inst.name,
-                "what": describe(task, person.locale),
-                "action": task.action,
-                "role": task.role.value,
-                "pages.due_at": inst.due_at,
-            },
-            TaskLink(task.kind, task.ref, cycle.id, inst.due_at),
-        )
-        for inst, task in listed
-    ]
-    return Recipient.person(
-        listed[0][1].role,
-        person,
-        context={"count": len(entries), "pages.due_at": listed[0][0].due_at},
-        tasks=entries,
-    )
