@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+import math
 import multiprocessing
 import os
 import random
@@ -37,6 +38,7 @@ from sqlalchemy.orm import Session
 
 from perfcycle import audit, clock
 from perfcycle.db import session_scope
+from perfcycle.errors import InvalidInput
 from perfcycle.mail.render import MailRow, build_message, render
 from perfcycle.models import OutboxMessage
 from perfcycle.notify import without_links
@@ -48,6 +50,9 @@ BACKOFF_JITTER = 0.2
 # Longer than any batch can take to send, so only a relay that died leaves a claim this old.
 STALE_CLAIM = timedelta(minutes=15)
 DEFAULT_BATCH = 200
+# With a send-rate cap, a batch goes out in chunks of about this many seconds' worth, each one
+# recorded as soon as it is sent and the rest of the batch's claims renewed before the next.
+CHUNK_SECONDS = 10.0
 ERROR_MAX_CHARS = 2000
 RENDER_CHUNK = 20
 # Below this many rows a batch renders in-process: starting render processes costs ~1 s.
@@ -108,6 +113,9 @@ class Outcome:
     attempts: int
     status: Status
     error: str | None = None
+    # False when no SMTP server could be reached: an outage, however long, is not the message's
+    # fault, so it never uses up the message's attempts (the backoff still grows to its cap).
+    reached_server: bool = True
 
 
 @dataclass(frozen=True)
@@ -248,6 +256,9 @@ def prepare(row: OutboxRow, mail_from: str) -> _Ready | Outcome:
         message = build_message(row, rendered, mail_from)
         utf8 = not row.recipient_email.isascii()
         data = flatten_message(message, utf8=utf8, cte_type="8bit")
+    except InvalidInput as exc:
+        # The mail settings (template folder, time zone), not this message: retry once fixed.
+        return _temporary(row, f"mail settings: {exc}")
     except Exception as exc:
         return Outcome(row.id, row.attempts, "permanent", f"render error: {_describe(exc)}")
     return _Ready(Claimed.of(row), data, utf8)
@@ -274,15 +285,19 @@ def start_renderer(processes: int) -> Executor:
 
 
 async def send_batch(
-    rows: Sequence[OutboxRow], settings: Settings, renderer: Executor | None = None
+    rows: Sequence[OutboxRow],
+    settings: Settings,
+    renderer: Executor | None = None,
+    outcomes: list[Outcome] | None = None,
 ) -> list[Outcome]:
     """Render and send the rows over at most smtp_max_connections SMTP sessions, each sending
     many messages; one Outcome per row, in row order. Never raises for a delivery error.
 
     Sessions send while the next messages render (in `renderer`'s processes when given), so
-    rendering, our SMTP client and the server all work at once.
+    rendering, our SMTP client and the server all work at once. Each outcome is appended to
+    `outcomes` as it happens, so a caller interrupted mid-batch still knows what went out.
     """
-    outcomes: list[Outcome] = []
+    outcomes = [] if outcomes is None else outcomes
     queue: asyncio.Queue[_Ready | None] = asyncio.Queue()
     unreachable: list[str] = []
     count = max(1, min(settings.smtp_max_connections, len(rows)))
@@ -306,7 +321,7 @@ async def send_batch(
     while not queue.empty():
         item = queue.get_nowait()
         if item is not None:
-            outcomes.append(_temporary(item.row, error))
+            outcomes.append(_temporary(item.row, error, reached_server=not unreachable))
     return sorted(outcomes, key=lambda outcome: outcome.id)
 
 
@@ -353,7 +368,7 @@ async def _session(
                     where = f"{settings.smtp_host}:{settings.smtp_port}"
                     error = f"connect to {where}: {_describe(exc)}"
                     unreachable.append(error)
-                    outcomes.append(_temporary(item.row, error))
+                    outcomes.append(_temporary(item.row, error, reached_server=False))
                     return
             outcome = await _send_one(smtp, item, sender)
             outcomes.append(outcome)
@@ -446,8 +461,8 @@ def _by_code(row: OutboxRow, code: int, reply: str) -> Outcome:
     return Outcome(row.id, row.attempts, status, reply)
 
 
-def _temporary(row: OutboxRow, error: str) -> Outcome:
-    return Outcome(row.id, row.attempts, "temporary", error)
+def _temporary(row: OutboxRow, error: str, reached_server: bool = True) -> Outcome:
+    return Outcome(row.id, row.attempts, "temporary", error, reached_server)
 
 
 def _describe(exc: BaseException) -> str:
@@ -480,7 +495,11 @@ def record_outcomes(
     limit = max_attempts or get_settings().mail_max_attempts
     table = cast(Table, OutboxMessage.__table__)
     sent = [o for o in outcomes if o.status == "sent"]
-    retry = [o for o in outcomes if o.status == "temporary" and o.attempts + 1 < limit]
+    retry = [
+        o
+        for o in outcomes
+        if o.status == "temporary" and (o.attempts + 1 < limit or not o.reached_server)
+    ]
     settled = {o.id for o in sent} | {o.id for o in retry}
     failed = [o for o in outcomes if o.id not in settled]
     if sent:
@@ -604,7 +623,13 @@ def relay_once(
     settings: Settings | None = None,
     renderers: RenderPool | None = None,
 ) -> RelayReport:
-    """Claim one batch of due rows, send it, record the outcomes. An empty report: nothing due."""
+    """Claim one batch of due rows, send it, record the outcomes. An empty report: nothing due.
+
+    Under a send-rate cap the batch goes in chunks (chunk_size): before each, the rate limit
+    is waited for and the rest of the batch's claims are renewed (a row another relay took
+    back meanwhile is left to it), and each chunk's outcomes are recorded once it is sent. If
+    the relay is interrupted, what was already delivered is recorded and the rest handed back.
+    """
     settings = settings or get_settings()
     worker_id = worker_id or default_worker_id()
     max_attempts = settings.mail_max_attempts
@@ -614,19 +639,56 @@ def relay_once(
         batch = [Claimed.of(row) for row in claim_batch(session, worker_id, limit, now)]
     if not batch:
         return RelayReport()
+    report = RelayReport()
+    size = chunk_size(settings, len(batch))
     try:
-        if throttle is not None:
-            throttle(len(batch))
         executor = renderers.for_batch(len(batch)) if renderers else None
-        outcomes = run_coroutine(send_batch(batch, settings, executor))
+        for start in range(0, len(batch), size):
+            if throttle is not None:
+                throttle(len(batch[start : start + size]))
+            with session_scope(url) as session:
+                ours = renew_claims(session, [r.id for r in batch[start:]], worker_id, clock.now())
+            chunk = [row for row in batch[start : start + size] if row.id in ours]
+            outcomes: list[Outcome] = []
+            try:
+                run_coroutine(send_batch(chunk, settings, executor, outcomes))
+            finally:
+                with session_scope(url) as session:
+                    report += record_outcomes(session, outcomes, clock.now(), max_attempts)
     except BaseException:
-        # Interrupted before anything was sent or recorded: hand the rows back at once rather
-        # than leaving them to expire.
+        # Interrupted: rows not yet sent go back at once rather than waiting for their claim to
+        # expire (unclaim leaves the rows recorded above alone: they are no longer 'sending').
         with session_scope(url) as session:
             unclaim(session, [row.id for row in batch], worker_id)
         raise
-    with session_scope(url) as session:
-        return record_outcomes(session, outcomes, clock.now(), max_attempts)
+    return report
+
+
+def chunk_size(settings: Settings, rows: int) -> int:
+    """How many of a batch's rows go between two waits for the rate limit (all, uncapped)."""
+    rate = settings.mail_rate_per_second
+    if rate <= 0:
+        return max(1, rows)
+    return max(1, math.ceil(rate * CHUNK_SECONDS))
+
+
+def renew_claims(session: Session, ids: Sequence[int], worker_id: str, now: datetime) -> set[int]:
+    """Refresh this relay's claims on `ids`; the ids it still holds (a claim that expired and
+    went to another relay is not ours to send any more)."""
+    if not ids:
+        return set()
+    held = session.scalars(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.id.in_(ids),
+            OutboxMessage.state == "sending",
+            OutboxMessage.claimed_by == worker_id,
+        )
+        .values(claimed_at=now)
+        .returning(OutboxMessage.id)
+        .execution_options(synchronize_session=False)
+    )
+    return set(held)
 
 
 def relay_until_idle(

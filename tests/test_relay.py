@@ -594,15 +594,115 @@ def test_template_errors_and_bad_addresses_fail_at_once_and_send_nothing(
     assert errors["goals_to_agree:not an address"] == "invalid address 'not an address'"
 
 
+def test_broken_mail_settings_keep_the_mail_waiting_until_they_are_fixed(
+    db_url: str, port: int, tmp_path: Path, clock_at: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A template folder not mounted yet, or a time zone mistyped, is nobody's message's fault."""
+    enqueue(db_url, [goals_mail(1), goals_mail(2)])
+    recorder = Recorder()
+    with Server(recorder, port):
+        for hour, (variable, value) in enumerate(
+            [
+                ("PERFCYCLE_MAIL_TEMPLATES_DIR", str(tmp_path / "not-mounted-yet")),
+                ("PERFCYCLE_MAIL_TIMEZONE", "Asia/Shangai"),
+            ]
+        ):
+            clock_at(T0 + timedelta(hours=hour))
+            with monkeypatch.context() as env:
+                env.setenv(variable, value)
+                get_settings.cache_clear()
+                report = relay.relay_until_idle(db_url, settings=smtp_settings(port))
+            get_settings.cache_clear()
+            assert (report.retried, report.failed) == (2, 0), variable
+            assert {m.state for m in rows(db_url)} == {"pending"}
+            assert all((m.last_error or "").startswith("mail settings:") for m in rows(db_url))
+        clock_at(T0 + timedelta(hours=3))
+        assert relay.relay_until_idle(db_url, settings=smtp_settings(port)).sent == 2
+    assert len(recorder.messages) == 2
+
+
 def test_gives_up_after_the_maximum_attempts(db_url: str, port: int, clock_at: Any) -> None:
     enqueue(db_url, [goals_mail(1)])
     settings = smtp_settings(port, mail_max_attempts=3)
-    for hour in range(3):
-        clock_at(T0 + timedelta(hours=hour))
-        relay.relay_until_idle(db_url, settings=settings)  # nobody listens
+    # The server answers every time, and every time says "later".
+    with Server(Recorder(data=lambda _a: "451 4.3.0 mailbox busy"), port):
+        for hour in range(3):
+            clock_at(T0 + timedelta(hours=hour))
+            relay.relay_until_idle(db_url, settings=settings)
     final = rows(db_url)[0]
     assert (final.state, final.attempts) == ("failed", 3)
-    assert (final.last_error or "").startswith("gave up after 3 attempts: connect to")
+    assert (final.last_error or "").startswith("gave up after 3 attempts: 451 4.3.0")
+
+
+def test_an_smtp_outage_of_days_fails_nothing_and_every_mail_arrives_once_after(
+    db_url: str, port: int, clock_at: Any
+) -> None:
+    enqueue(db_url, [goals_mail(n) for n in range(5)])
+    settings = smtp_settings(port, mail_max_attempts=3)
+    for hour in range(0, 72, 2):  # nobody listens for three days, the relay keeps trying
+        clock_at(T0 + timedelta(hours=hour))
+        relay.relay_until_idle(db_url, settings=settings)
+    waiting = rows(db_url)
+    assert {m.state for m in waiting} == {"pending"}
+    assert all(m.attempts > 3 and "connect to" in (m.last_error or "") for m in waiting)
+    # Backoff grew to its cap, so the next try is at most an hour (plus jitter) away.
+    assert all(
+        m.next_attempt_at is not None
+        and m.next_attempt_at <= T0 + timedelta(hours=70, minutes=72)
+        for m in waiting
+    )
+    recorder = Recorder()
+    clock_at(T0 + timedelta(hours=72))
+    with Server(recorder, port):
+        assert relay.relay_until_idle(db_url, settings=settings).sent == 5
+    assert sorted(recorder.ids().values()) == [1] * 5
+
+
+def test_a_relay_slowed_by_the_rate_limit_never_sends_what_another_took_over(
+    db_url: str, port: int, clock_at: Any
+) -> None:
+    """Relay A waits so long for the rate limit that its claims expire; relay B takes the rows
+    over and sends them. A must then send none of them."""
+    enqueue(db_url, [goals_mail(n) for n in range(5)])
+    settings = smtp_settings(port, mail_rate_per_second=1.0)
+    recorder = Recorder()
+    took_over: list[relay.RelayReport] = []
+
+    def slow_throttle(_messages: int) -> None:
+        if not took_over:
+            clock_at(T0 + relay.STALE_CLAIM + timedelta(minutes=5))
+            took_over.append(relay.relay_once(db_url, "relay-b", settings=settings))
+
+    with Server(recorder, port):
+        report = relay.relay_once(db_url, "relay-a", throttle=slow_throttle, settings=settings)
+    assert took_over[0].sent == 5 and report.handled == 0
+    assert sorted(recorder.ids().values()) == [1] * 5
+    assert {m.state for m in rows(db_url)} == {"sent"}
+
+
+def test_a_relay_stopped_mid_batch_records_what_it_sent_and_hands_back_the_rest(
+    db_url: str, port: int, clock_at: Any
+) -> None:
+    enqueue(db_url, [goals_mail(n) for n in range(3)])
+    # 0.1 messages a second: one message per chunk, the rate limit waited for before each.
+    settings = smtp_settings(port, mail_rate_per_second=0.1)
+    waits: list[int] = []
+
+    def stopped_on_the_second_wait(messages: int) -> None:
+        waits.append(messages)
+        if len(waits) == 2:
+            raise KeyboardInterrupt  # Ctrl-C, or Prefect cancelling the flow run
+
+    recorder = Recorder()
+    with Server(recorder, port):
+        with pytest.raises(KeyboardInterrupt):
+            relay.relay_once(db_url, "relay-a", throttle=stopped_on_the_second_wait,
+                             settings=settings)
+        states = [m.state for m in rows(db_url)]
+        assert states == ["sent", "pending", "pending"]  # at once, no claim left to expire
+        assert relay.relay_until_idle(db_url, settings=settings).sent == 2
+    assert len(recorder.messages) == 3
+    assert sorted(recorder.ids().values()) == [1] * 3
 
 
 def test_a_dead_relays_claim_expires_and_the_mail_is_sent_once(
