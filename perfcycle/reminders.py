@@ -28,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from perfcycle import engine
+from perfcycle.mail.render import display_zone
 from perfcycle.models import (
     Cycle,
     Employee,
@@ -169,8 +170,10 @@ def due_reminders(session: Session, now: datetime) -> int:
         lead = next(e for e in listed if e.reminder_key is not None)
         _, recipients = digests.setdefault(lead.stage.cycle.id, (lead.stage.policy, []))
         recipients.append(_digest_for(people[person_id], lead, listed))
+    # "One a day" is the reader's day: keyed by the local date, not UTC's.
+    day = now.astimezone(display_zone()).date().isoformat()
     return sum(
-        notify(session, None, policy, "reminder", recipients, now.date().isoformat())
+        notify(session, None, policy, "reminder", recipients, day)
         for policy, recipients in digests.values()
     )
 

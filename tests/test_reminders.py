@@ -190,6 +190,25 @@ def test_one_digest_a_day_lists_every_pending_task_across_cycles(
     assert len(received[1].context["tasks"]) == 2
 
 
+def test_one_digest_a_day_means_the_readers_day_not_utcs(
+    demo: DemoOrg, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two cycles whose 3-day reminders fall either side of UTC midnight: 07:45 and 08:45 of
+    the same morning in Shanghai (the mail time zone) are one day, one digest."""
+    url = demo.url
+    at(monkeypatch, datetime(2027, 1, 3, 23, 30, tzinfo=UTC))
+    start(url, period="2026-Q3")  # due 14 days later: 3-day offset 2027-01-14 23:30 UTC
+    at(monkeypatch, datetime(2027, 1, 4, 0, 30, tzinfo=UTC))
+    start(url, period="2026-Q4")  # 3-day offset 2027-01-15 00:30 UTC
+    send = reminders.due_reminders
+
+    assert run(monkeypatch, url, datetime(2027, 1, 14, 23, 45, tzinfo=UTC), send) > 0
+    assert run(monkeypatch, url, datetime(2027, 1, 15, 0, 45, tzinfo=UTC), send) == 0
+    received = [m for m in mails(url, "reminder") if m.recipient_id == "E0005"]
+    assert [m.idempotency_key for m in received] == ["-:E0005:reminder:2027-01-15"]
+    assert len(received[0].context["tasks"]) == 2  # both cycles' tasks, in that one mail
+
+
 def test_raters_who_finished_get_no_reminder(
     demo: DemoOrg, monkeypatch: pytest.MonkeyPatch
 ) -> None:
