@@ -58,14 +58,19 @@ def enqueue(session: Session, mails: Iterable[Mail]) -> int:
 
 
 def outbox_rows(
-    session: Session, failed_only: bool = False, cycle_id: int | None = None
+    session: Session,
+    failed_only: bool = False,
+    cycle_id: int | None = None,
+    *,
+    without_cycle: bool = False,
 ) -> list[dict[str, Any]]:
-    """The outbox in id order: what `outbox list --json` prints and the HR view shows."""
+    """The outbox in id order: what `outbox list --json` prints and the HR views show; one
+    cycle's mail with `cycle_id`, the mail of no cycle (digests, sign-in links) with
+    `without_cycle`."""
     query = select(OutboxMessage).order_by(OutboxMessage.id)
     if failed_only:
         query = query.where(OutboxMessage.state == "failed")
-    if cycle_id is not None:
-        query = query.where(OutboxMessage.cycle_id == cycle_id)
+    query = query.where(*_scope(cycle_id, without_cycle))
     return [
         {
             "id": row.id,
@@ -83,18 +88,23 @@ def outbox_rows(
 
 
 def requeue(
-    session: Session, ids: Sequence[int], actor: str, cycle_id: int | None = None
+    session: Session,
+    ids: Sequence[int],
+    actor: str,
+    cycle_id: int | None = None,
+    *,
+    without_cycle: bool = False,
 ) -> list[int]:
     """Failed rows back to pending with a fresh count of attempts, each with an audit event.
 
-    All-or-nothing: an unknown id, a row that is not failed, or (with `cycle_id`) a row of
-    another cycle changes nothing.
+    All-or-nothing: an unknown id, a row that is not failed, or a row outside the scope asked
+    for (`cycle_id`, `without_cycle`, as outbox_rows) changes nothing.
     """
     wanted = list(dict.fromkeys(ids))
-    query = select(OutboxMessage).where(OutboxMessage.id.in_(wanted))
-    if cycle_id is not None:
-        # A row of another cycle is, to this caller, no row at all.
-        query = query.where(OutboxMessage.cycle_id == cycle_id)
+    # A row outside the scope is, to this caller, no row at all.
+    query = select(OutboxMessage).where(
+        OutboxMessage.id.in_(wanted), *_scope(cycle_id, without_cycle)
+    )
     rows = {row.id: row for row in session.scalars(query)}
     problems = [_problem(i, rows.get(i)) for i in wanted]
     found = [p for p in problems if p is not None]
@@ -131,6 +141,12 @@ def _problem(message_id: int, row: OutboxMessage | None) -> Problem | None:
             field="ID",
         )
     return None
+
+
+def _scope(cycle_id: int | None, without_cycle: bool) -> list[Any]:
+    if without_cycle:
+        return [OutboxMessage.cycle_id.is_(None)]
+    return [] if cycle_id is None else [OutboxMessage.cycle_id == cycle_id]
 
 
 def state_counts(session: Session, cycle_id: int | None = None) -> dict[str, int]:

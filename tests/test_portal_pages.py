@@ -762,7 +762,17 @@ def test_hr_sees_the_cycles_undelivered_mail_with_the_reply_and_sends_it_again(
         # A sign-in mail belongs to no cycle: it is not this cycle's to list or retry.
         outbox.enqueue(
             s,
-            [outbox.Mail(None, None, "visitor@example.com", "en", "sign_in_link", "x", {})],
+            [
+                outbox.Mail(
+                    None,
+                    None,
+                    "visitor@example.com",
+                    "en",
+                    "sign_in_link",
+                    "x",
+                    {"name": "Visitor", "hours": 4, "link": "http://127.0.0.1:8700/t/x"},
+                )
+            ],
         )
     reply = "550 5.1.1 Recipient address rejected: mailbox unavailable"
     port = pick_free_ports(1)[0]
@@ -838,9 +848,23 @@ def test_hr_sees_the_cycles_undelivered_mail_with_the_reply_and_sends_it_again(
     page = hr.get(response.headers["location"] + "&lang=en")
     assert "1 mails re-queued" in page.text and f'id="mail-{theirs}"' not in page.text
 
-    # The address was fixed: the next relay run delivers it.
+    # Mail of no cycle (the sign-in link; reminder digests too) is on the cycles page.
+    listing = hr.get("/hr/cycles?lang=en").text
+    no_cycle = listing.split('id="mail"')[1].split("</section>")[0]
+    assert f'id="mail-{visitor}"' in no_cycle and reply in no_cycle
+    assert f'id="mail-{theirs}"' not in listing
+    token = csrf_of(listing)
+    wrong = hr.post("/hr/mail/retry", data={"csrf_token": token, "message": str(sent)})
+    assert wrong.status_code == 422 and states()[visitor] == "failed"
+    again = hr.post("/hr/mail/retry", data={"csrf_token": token, "message": str(visitor)})
+    assert (again.status_code, again.headers["location"]) == (303, "/hr/cycles?retried=1")
+    assert states()[visitor] == "pending"
+
+    # The addresses were fixed: the next relay run delivers both.
     gone.clear()
     recorder = Recorder()
     with Server(recorder, port):
         relay.relay_until_idle(db_url, settings=Settings(smtp_host="127.0.0.1", smtp_port=port))
-    assert [m["To"] for m in recorder.messages] == [mine.recipient_email]
+    assert sorted(m["To"] for m in recorder.messages) == sorted(
+        [mine.recipient_email, "visitor@example.com"]
+    )

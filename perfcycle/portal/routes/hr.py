@@ -17,6 +17,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
 
 from perfcycle import audit, clock, outbox, reminders, status
 from perfcycle.models import Cycle
@@ -86,6 +87,10 @@ i18n.add_messages(
             "zh-CN": "以下邮件无法投递（邮件服务器的答复见右栏）。",
             "en": "These mails could not be delivered; the mail server's reply is on the right.",
         },
+        "hr.mail_no_cycle": {
+            "zh-CN": "未投递的提醒汇总与登录链接邮件",
+            "en": "Undelivered reminder digests and sign-in links",
+        },
         "hr.retried": {
             "zh-CN": "已重新排队 {n} 封邮件，将在一分钟内发送。",
             "en": "{n} mails re-queued; they go out within a minute.",
@@ -109,7 +114,13 @@ def cycle_list(
     return render(
         request,
         "hr_cycles.html",
-        {"cycles": status.cycle_list(session), "may_act": viewer.has(*ACTING_ROLES)},
+        {
+            "cycles": status.cycle_list(session),
+            "may_act": viewer.has(*ACTING_ROLES),
+            "retried": _count_param(request, "retried"),
+            # Reminder digests span cycles and sign-in links have none: listed here.
+            "failed_mail": outbox.outbox_rows(session, failed_only=True, without_cycle=True),
+        },
     )
 
 
@@ -172,12 +183,32 @@ def retry_mail(
     form: CsrfForm,
 ) -> Response:
     cycle = load_cycle(session, request, cycle_id)
+    # All-or-nothing; an id of another cycle's mail is refused as unknown (422, nothing changes).
+    requeued = outbox.requeue(
+        session, _message_ids(request, form), actor=viewer.person_id, cycle_id=cycle.id
+    )
+    return RedirectResponse(f"/hr/cycles/{cycle.id}?retried={len(requeued)}", status_code=303)
+
+
+@router.post("/hr/mail/retry")
+def retry_mail_of_no_cycle(
+    request: Request,
+    session: SessionDep,
+    viewer: HrAdmin,
+    form: CsrfForm,
+) -> Response:
+    """Reminder digests and sign-in links that failed: they belong to no one cycle."""
+    requeued = outbox.requeue(
+        session, _message_ids(request, form), actor=viewer.person_id, without_cycle=True
+    )
+    return RedirectResponse(f"/hr/cycles?retried={len(requeued)}", status_code=303)
+
+
+def _message_ids(request: Request, form: FormData) -> list[int]:
     ids = [_message_id(value) for value in form.getlist("message")]
     if not ids:
         raise PageError(422, "invalid_input", i18n.translate("hr.retry_none", locale_of(request)))
-    # All-or-nothing; an id of another cycle's mail is refused as unknown (422, nothing changes).
-    requeued = outbox.requeue(session, ids, actor=viewer.person_id, cycle_id=cycle.id)
-    return RedirectResponse(f"/hr/cycles/{cycle.id}?retried={len(requeued)}", status_code=303)
+    return ids
 
 
 def _message_id(value: object) -> int:
