@@ -270,6 +270,7 @@ _GROUPS = (_HR, _COMMITTEE, _SUPERVISION)
 EVENT_ROLES: dict[str, tuple[tuple[Role, ...], tuple[Role, ...]]] = {
     "goals_to_agree": ((_E,), (_E,)),
     "goals_returned": ((_E,), (_E,)),
+    "goals_submitted": ((_M,), (_M,)),
     "evaluation_assigned": ((_R,), (_R,)),
     "stage_opened": ((_HR,), _GROUPS),
     "stage_closed": ((_HR,), _GROUPS),
@@ -329,6 +330,9 @@ class Events(Strict):
 
     goals_to_agree: EventRule = _event([_E], "target setting opened: agree your goals")
     goals_returned: EventRule = _event([_E], "the manager returned the goals with a comment")
+    goals_submitted: EventRule = _event(
+        [_M], "an employee signed their goals: their manager (or HR) approves or returns them"
+    )
     evaluation_assigned: EventRule = _event(
         [_R], "evaluation opened: one mail per rater listing all their ratees"
     )

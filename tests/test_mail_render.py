@@ -49,6 +49,7 @@ SHIPPED = ["external-service", "internal-service", "professional-support"]
 TEMPLATES = [
     "goals_to_agree",
     "goals_returned",
+    "goals_submitted",
     "evaluation_assigned",
     "stage_opened",
     "stage_closed",

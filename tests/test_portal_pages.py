@@ -141,6 +141,21 @@ def t(key: str, **values: Any) -> str:
     return i18n.translate(key, "zh-CN", **values)
 
 
+def approver_mails(url: str, cycle_id: int, manager: str) -> list[OutboxMessage]:
+    with session_scope(url) as s:
+        return list(
+            s.scalars(
+                select(OutboxMessage)
+                .where(
+                    OutboxMessage.cycle_id == cycle_id,
+                    OutboxMessage.recipient_id == manager,
+                    OutboxMessage.template == "goals_submitted",
+                )
+                .order_by(OutboxMessage.id)
+            )
+        )
+
+
 def goal_states(url: str, cycle_id: int, person: str) -> set[tuple[str, bool, bool]]:
     with session_scope(url) as s:
         goals = s.scalars(select(Goal).where(Goal.cycle_id == cycle_id, Goal.employee_id == person))
@@ -204,6 +219,15 @@ def goals_journey(url: str, cycle_id: int) -> None:
     assert response.status_code == 303
     assert goal_states(url, cycle_id, employee) == {("submitted", True, False)}
     assert used_tokens(url, employee, "goals") == 1
+    # The manager is told at once, with a link to the approval page.
+    [told] = approver_mails(url, cycle_id, manager)
+    assert told.context["employee_id"] == employee and told.context["link"].startswith("http")
+    with session_scope(url) as s:
+        token = links.resolve(s, links.token_of(told.context["link"]), T0)
+        assert token is not None and (token.person_id, token.task_kind) == (
+            manager,
+            "goals_approval",
+        )
 
     boss = signed_in(url, manager, cycle_id, "goals_approval", "target_setting:1")
     page = boss.get(f"/goals?cycle={cycle_id}")
@@ -227,6 +251,7 @@ def goals_journey(url: str, cycle_id: int) -> None:
     assert "再议" in note and manager_name in note
     again = me.post("/goals/submit", data={"csrf_token": csrf_of(page.text), "cycle": cycle_id})
     assert again.status_code == 303
+    assert len(approver_mails(url, cycle_id, manager)) == 2  # signed again: told again
     approved = boss.post("/goals/review", data={**form, "decision": "approve"})
     assert approved.status_code == 303
     assert goal_states(url, cycle_id, employee) == {("agreed", True, True)}
@@ -243,6 +268,26 @@ def goals_journey(url: str, cycle_id: int) -> None:
 
 def test_goals_are_submitted_returned_and_agreed_by_both(db_url: str, cycle: int) -> None:
     goals_journey(db_url, cycle)
+
+
+def test_hr_is_told_of_goals_signed_by_someone_without_a_manager(db_url: str, cycle: int) -> None:
+    with session_scope(db_url) as s:
+        head = s.scalars(
+            select(Participant.employee_id).where(
+                Participant.cycle_id == cycle, Participant.manager_id.is_(None)
+            )
+        ).first()
+        assert head is not None
+        submit_goals(s, cycle, head, actor=head)
+    with session_scope(db_url) as s:
+        [mail] = s.scalars(
+            select(OutboxMessage).where(OutboxMessage.template == "goals_submitted")
+        ).all()
+    assert mail.recipient_email == get_settings().hr_email and mail.recipient_id is None
+    assert mail.context["hr_stands_in"] is True and "link" not in mail.context
+    for locale, says in (("en", "HR, as they have no manager"), ("zh-CN", "由人力资源部审批")):
+        rendered = render(mail.template, locale, mail.context)
+        assert says in rendered.text and mail.context["employee_name"] in rendered.subject
 
 
 def test_only_the_manager_can_approve_and_a_tampered_form_changes_nothing(

@@ -28,7 +28,14 @@ from perfcycle.models import (
     StageInstance,
     StageName,
 )
-from perfcycle.notify import Recipient, TaskLink, notify, policy_of, stage_of
+from perfcycle.notify import (
+    Recipient,
+    TaskLink,
+    hr_standing_in,
+    notify,
+    policy_of,
+    stage_of,
+)
 from perfcycle.policy import MetricIndicator, Policy, Ratio, Role
 from perfcycle.roles import is_hr
 from perfcycle.stages.base import PendingTask, Progress
@@ -196,6 +203,14 @@ def submit_goals(session: Session, cycle_id: int, employee_id: str, *, actor: st
     now = clock.now()
     for g in goals:
         g.state, g.employee_signed_at = "submitted", now
+    submitted_before = session.scalar(
+        select(func.count())
+        .select_from(AuditEvent)
+        .where(
+            AuditEvent.action == "goals.submitted",
+            AuditEvent.subject == f"cycle:{cycle_id}/employee:{employee_id}",
+        )
+    )
     audit.record(
         session,
         actor=actor,
@@ -203,6 +218,35 @@ def submit_goals(session: Session, cycle_id: int, employee_id: str, *, actor: st
         subject=f"cycle:{cycle_id}/employee:{employee_id}",
         cycle_id=cycle_id,
         after={"goals": len(goals)},
+    )
+    _mail_approver(session, cycle_id, employee_id, len(goals), (submitted_before or 0) + 1)
+
+
+def _mail_approver(
+    session: Session, cycle_id: int, employee_id: str, goals: int, submission: int
+) -> None:
+    """The manager learns there is a sheet to approve (HR, for someone without a manager); one
+    mail per submission, so a sheet returned and signed again is announced again."""
+    cycle = session.get_one(Cycle, cycle_id)
+    stage = stage_of(session, cycle_id, StageName.target_setting)
+    employee = session.get_one(Employee, employee_id)
+    manager_id = _manager_of(session, cycle_id, employee_id)
+    manager = session.get(Employee, manager_id) if manager_id else None
+    context = {"employee_id": employee_id, "employee_name": employee.name, "goals": goals}
+    if manager is not None and manager.active:
+        link = TaskLink("goals_approval", f"target_setting:{stage.attempt if stage else 1}")
+        recipient = Recipient.person(Role.manager, manager, link=link)
+    else:
+        recipient = hr_standing_in(Role.manager, context={"hr_stands_in": True})
+    notify(
+        session,
+        cycle,
+        policy_of(cycle),
+        "goals_submitted",
+        [recipient],
+        f"goals-submitted:{employee_id}:{submission}",
+        context,
+        due_at=stage.due_at if stage else None,
     )
 
 
