@@ -630,3 +630,25 @@ def test_message_id_follows_the_outbox_key(session: Session) -> None:
     assert one == again != other
     # A whole, valid msg-id: Python's parser used to cut keys at ':'.
     assert re.fullmatch(r"<[0-9a-f]{32}@hr\.example\.com>", str(one))
+
+
+def test_the_calibration_mail_says_why_each_reader_gets_it() -> None:
+    context = {
+        "cycle_id": 1,
+        "period": "2026-Q4",
+        "due_at": "2027-01-20T10:00:00+00:00",
+        "flow_run_url": "http://127.0.0.1:4200/runs/flow-run/x",
+        "policy": "professional-support",
+        "distribution": {"A": 4, "B": 8, "C": 6, "D": 2, "E": 0},
+        "outliers": 1,
+        "flags": 0,
+        "name": "Committee",
+    }
+    for locale, committee, hr in (
+        ("en", "you sit on the calibration committee", "a copy of this email as HR"),
+        ("zh-CN", "校准委员会的成员", "人力资源部收到此邮件的副本"),
+    ):
+        member = render("calibration_ready", locale, {**context, "role": "committee"})
+        copy = render("calibration_ready", locale, {**context, "role": "hr"})
+        assert committee in member.text and committee in member.html and hr not in member.text
+        assert hr in copy.text and hr in copy.html and committee not in copy.text
