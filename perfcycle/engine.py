@@ -277,6 +277,7 @@ def reopen_stage(
         before=before,
         after={"state": "open", "attempt": inst.attempt, "due_at": inst.due_at.isoformat()},
     )
+    _mail_hr(session, cycle, inst, "stage_opened")  # keyed by the new attempt: a mail of its own
     return inst
 
 

@@ -830,6 +830,14 @@ def test_send_back_reopens_only_the_named_employee_then_approve_with_an_adjustme
     }
     evaluation = stage_of(url, cycle_id, "evaluation")
     assert (evaluation.state, evaluation.attempt, evaluation.closed_at) == ("open", 2, None)
+    with session_scope(url) as session:
+        opened = session.scalars(
+            select(OutboxMessage.idempotency_key).where(
+                OutboxMessage.template == "stage_opened", OutboxMessage.cycle_id == cycle_id
+            )
+        ).all()
+    # HR hears that evaluation is open again, as it heard the first time.
+    assert any(key.endswith(":stage_opened:evaluation:2") for key in opened)
     calibration = stage_of(url, cycle_id, "calibration")
     assert calibration.attempt == 2
     assert calibration.due_at == evaluation.due_at + timedelta(days=7)
