@@ -679,11 +679,7 @@ def renew_claims(session: Session, ids: Sequence[int], worker_id: str, now: date
         return set()
     held = session.scalars(
         update(OutboxMessage)
-        .where(
-            OutboxMessage.id.in_(ids),
-            OutboxMessage.state == "sending",
-            OutboxMessage.claimed_by == worker_id,
-        )
+        .where(*_held_by(ids, worker_id))
         .values(claimed_at=now)
         .returning(OutboxMessage.id)
         .execution_options(synchronize_session=False)
@@ -741,14 +737,19 @@ class RenderPool:
             self._executor = None
 
 
+def _held_by(ids: Sequence[int], worker_id: str) -> tuple[Any, ...]:
+    """The rows among `ids` this worker still has claimed (and not yet recorded)."""
+    return (
+        OutboxMessage.id.in_(ids),
+        OutboxMessage.state == "sending",
+        OutboxMessage.claimed_by == worker_id,
+    )
+
+
 def unclaim(session: Session, ids: Sequence[int], worker_id: str) -> int:
     result = session.execute(
         update(OutboxMessage)
-        .where(
-            OutboxMessage.id.in_(ids),
-            OutboxMessage.state == "sending",
-            OutboxMessage.claimed_by == worker_id,
-        )
+        .where(*_held_by(ids, worker_id))
         .values(state="pending", claimed_by=None, claimed_at=None)
         .execution_options(synchronize_session=False)
     )

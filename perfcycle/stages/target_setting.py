@@ -203,14 +203,7 @@ def submit_goals(session: Session, cycle_id: int, employee_id: str, *, actor: st
     now = clock.now()
     for g in goals:
         g.state, g.employee_signed_at = "submitted", now
-    submitted_before = session.scalar(
-        select(func.count())
-        .select_from(AuditEvent)
-        .where(
-            AuditEvent.action == "goals.submitted",
-            AuditEvent.subject == f"cycle:{cycle_id}/employee:{employee_id}",
-        )
-    )
+    submitted_before = _times(session, "goals.submitted", cycle_id, employee_id)
     audit.record(
         session,
         actor=actor,
@@ -219,7 +212,21 @@ def submit_goals(session: Session, cycle_id: int, employee_id: str, *, actor: st
         cycle_id=cycle_id,
         after={"goals": len(goals)},
     )
-    _mail_approver(session, cycle_id, employee_id, len(goals), (submitted_before or 0) + 1)
+    _mail_approver(session, cycle_id, employee_id, len(goals), submitted_before + 1)
+
+
+def _times(session: Session, action: str, cycle_id: int, employee_id: str) -> int:
+    """How often `action` happened to the employee's sheet before (its audit events): a mail
+    about the n-th submission or return is keyed by n, so each one is sent once."""
+    found = session.scalar(
+        select(func.count())
+        .select_from(AuditEvent)
+        .where(
+            AuditEvent.action == action,
+            AuditEvent.subject == f"cycle:{cycle_id}/employee:{employee_id}",
+        )
+    )
+    return found or 0
 
 
 def _mail_approver(
@@ -287,14 +294,7 @@ def return_goals(
         g.state, g.employee_signed_at = "proposed", None
     employee = session.get(Employee, employee_id)
     assert employee is not None
-    returned_before = session.scalar(
-        select(func.count())
-        .select_from(AuditEvent)
-        .where(
-            AuditEvent.action == "goals.returned",
-            AuditEvent.subject == f"cycle:{cycle_id}/employee:{employee_id}",
-        )
-    )
+    returned_before = _times(session, "goals.returned", cycle_id, employee_id)
     audit.record(
         session,
         actor=actor,
@@ -313,7 +313,7 @@ def return_goals(
         policy_of(cycle),
         "goals_returned",
         [Recipient.person(Role.employee, employee, link=link)],
-        f"goals-returned:{(returned_before or 0) + 1}",
+        f"goals-returned:{returned_before + 1}",
         {"comment": comment},
         due_at=stage.due_at if stage else None,
     )
