@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select, update
 
 from perfcycle.db import session_scope
+from perfcycle.mail.render import format_day, render
 from perfcycle.models import Appeal, Result, StageInstance
 from perfcycle.settings import get_settings
 from perfcycle.stages import appeal
@@ -144,6 +145,12 @@ def test_employee_files_an_appeal_within_the_window(db_url: str, cycle_id: int) 
         ("e2@example.com", "employee"),
         (get_settings().supervision_email, "supervision"),
     ]
+    # The committee's mail says by when to decide: the appeal stage's deadline.
+    committee = next(m for m in mails if m.context["role"] == "supervision")
+    assert committee.context["due_at"] == DUE.isoformat()
+    for locale in ("en", "zh-CN"):
+        subject = render("appeal_received", locale, committee.context).subject
+        assert format_day(DUE.isoformat(), locale) in subject, subject
 
 
 def test_file_appeal_rejects_wrong_actor_and_missing_reason(db_url: str, cycle_id: int) -> None:

@@ -24,7 +24,7 @@ from perfcycle.models import (
     StageInstance,
     StageName,
 )
-from perfcycle.notify import Recipient, TaskLink, notify, policy_of
+from perfcycle.notify import Recipient, TaskLink, notify, policy_of, stage_of
 from perfcycle.policy import Policy, Role
 from perfcycle.stages import base
 from perfcycle.stages.base import PendingTask, Progress, close_unfinished
@@ -399,6 +399,7 @@ def _notify_received(session: Session, appeal: Appeal) -> None:
     """The employee gets a receipt; the supervision committee gets a case to decide."""
     employee = session.get_one(Employee, appeal.employee_id)
     cycle = session.get_one(Cycle, appeal.cycle_id)
+    stage = stage_of(session, cycle.id, StageName.appeal)
     notify(
         session,
         cycle,
@@ -407,6 +408,8 @@ def _notify_received(session: Session, appeal: Appeal) -> None:
         [Recipient.person(Role.employee, employee)],
         f"appeal-received:{appeal.id}",
         _mail_context(appeal, employee),
+        # The committee decides before the appeal stage closes (then undecided appeals lapse).
+        due_at=stage.due_at if stage else None,
     )
 
 
