@@ -148,6 +148,12 @@ BAD_NOTIFICATIONS = [
         "evaluation_assigned cannot go to committee: its mail is written for rater",
     ),
     (
+        {"events": {"appeal_decided": {"to": ["employee", "hr"]}}},
+        "hr",
+        "notifications.events.appeal_decided.to.1",
+        "appeal_decided cannot go to hr: its mail is written for employee, manager",
+    ),
+    (
         {"events": {"results_released": {"to": ["boss"]}}},
         "boss",
         "notifications.events.results_released.to.0",
