@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from perfcycle.db import session_scope
 from perfcycle.models import ImprovementPlan, PlanCheckin
+from perfcycle.settings import get_settings
 from perfcycle.stages import improvement
 from perfcycle.stages.base import Progress
 from tests.test_interview_stage import (
@@ -85,7 +86,7 @@ def test_enter_creates_plans_for_the_policy_grades_owned_by_the_manager(db_url: 
     summary = run_handler(db_url, improvement.Handler(), "enter", cid, make_policy())
 
     # e3 is graded A, m1 has no result row: neither gets a plan.
-    assert summary == {"plans_created": 3, "mails_enqueued": 5}
+    assert summary == {"plans_created": 3, "mails_enqueued": 6}
     with session_scope(db_url) as s:
         plans = {p.employee_id: p for p in s.scalars(select(ImprovementPlan))}
     assert sorted(plans) == ["boss", "e1", "e2"]
@@ -103,14 +104,21 @@ def test_enter_creates_plans_for_the_policy_grades_owned_by_the_manager(db_url: 
 
 def test_enter_mails_employee_and_owner_per_plan(db_url: str, cycle_id: int) -> None:
     mails = outbox(db_url, "improvement_plan_created")
-    sent = sorted((m.recipient_id, m.context["role"], m.context["employee_id"]) for m in mails)
-    assert sent == [
-        ("boss", "employee", "boss"),
-        ("e1", "employee", "e1"),
-        ("e2", "employee", "e2"),
-        ("m1", "owner", "e1"),
-        ("m1", "owner", "e2"),
-    ]
+    sent = sorted(
+        (m.recipient_id or m.recipient_email, m.context["role"], m.context["employee_id"])
+        for m in mails
+    )
+    # The boss's plan has no owner: HR coaches it, and hears of it now.
+    assert sent == sorted(
+        [
+            ("boss", "employee", "boss"),
+            ("e1", "employee", "e1"),
+            ("e2", "employee", "e2"),
+            ("m1", "owner", "e1"),
+            ("m1", "owner", "e2"),
+            (get_settings().hr_email, "owner", "boss"),
+        ]
+    )
     assert {m.context["deadline"] for m in mails} == {"2027-02-28"}
 
 

@@ -27,7 +27,7 @@ from perfcycle.models import (
     StageInstance,
     StageName,
 )
-from perfcycle.notify import Recipient, TaskLink, notify, policy_of
+from perfcycle.notify import Recipient, TaskLink, hr_standing_in, notify, policy_of
 from perfcycle.policy import Policy, Role
 from perfcycle.roles import is_hr
 from perfcycle.stages import base
@@ -194,11 +194,21 @@ def _created_recipients(session: Session, cycle: Cycle, stage: StageInstance) ->
             "plan_id": plan.id,
             "employee_id": employee.id,
             "employee_name": employee.name,
-            "owner_name": manager.name if manager else None,
+            "owner_name": manager.name if manager is not None and manager.active else None,
             "goal": plan.goal,
             "deadline": plan.deadline.isoformat(),
         }
-        people = [(Role.employee, employee)] + ([(Role.owner, manager)] if manager else [])
+        people = [(Role.employee, employee)]
+        if manager is not None and manager.active:
+            people.append((Role.owner, manager))
+        else:
+            # Nobody owns the plan (no manager, or one who left): HR coaches it, as with the
+            # monthly check-ins, so HR hears of it now rather than at the first check-in.
+            recipients.append(
+                hr_standing_in(
+                    Role.owner, context=context, occurrence=f"{occurrence}:{plan.id}"
+                )
+            )
         recipients += [
             Recipient.person(
                 role,
