@@ -500,7 +500,7 @@ VALUES = tuple(
     (k, "x")
     for k in (
         "low", "high", "value", "start", "end", "total", "share", "max", "got", "min", "item",
-        "score",
+        "score", "manager", "employee",
     )
 )
 

@@ -301,7 +301,7 @@ def test_only_the_manager_can_approve_and_a_tampered_form_changes_nothing(
     form = {"csrf_token": csrf_of(page.text), "cycle": str(cycle), "employee": employee}
     response = me.post("/goals/review", data={**form, "decision": "approve"})
     assert response.status_code == 403
-    assert f"only their manager {manager}" in response.text
+    assert t("problem.not_the_approver", manager=manager, employee=employee) in response.text
     forged = me.post("/goals/review", data={**form, "csrf_token": "x", "decision": "approve"})
     assert forged.status_code == 403
     assert goal_states(db_url, cycle, employee) == {("submitted", True, False)}

@@ -123,6 +123,19 @@ add_messages(
             "zh-CN": "该目标值由考核方案锁定，不能修改",
             "en": "The policy locks this target; it cannot change",
         },
+        "problem.not_own_goals": {
+            "zh-CN": "只有员工本人可以修改或提交自己的目标",
+            "en": "Only the employee can change or submit their own goals",
+        },
+        "problem.not_the_approver": {
+            "zh-CN": "只有其直属上级（{manager}）可以审批或退回 {employee} 的目标",
+            "en": "Only their manager ({manager}) can approve or return {employee}'s goals",
+        },
+        "problem.not_the_approver_hr": {
+            "zh-CN": "{employee} 在本周期没有直属上级，只有人力资源部可以审批或退回其目标",
+            "en": "{employee} has no manager in this cycle: only HR can approve or return "
+            "their goals",
+        },
         "problem.return_reason": {
             "zh-CN": "请说明退回的原因",
             "en": "Say why the goals are returned",

@@ -193,7 +193,15 @@ def _manager_of(session: Session, cycle_id: int, employee_id: str) -> str | None
 def submit_goals(session: Session, cycle_id: int, employee_id: str, *, actor: str) -> None:
     """The employee signs their goals and sends them to the manager."""
     if actor != employee_id:
-        raise NotAllowed([Problem("only the employee can submit their own goals", field="actor")])
+        raise NotAllowed(
+            [
+                Problem(
+                    "only the employee can submit their own goals",
+                    field="actor",
+                    code="not_own_goals",
+                )
+            ]
+        )
     goals = _goals(session, cycle_id, employee_id)
     if all(g.state == "agreed" for g in goals):
         raise InvalidInput([Problem("goals are already agreed", field="state")])
@@ -544,7 +552,15 @@ def _own_editable_goals(
     session: Session, cycle_id: int, employee_id: str, actor: str
 ) -> list[Goal]:
     if actor != employee_id:
-        raise NotAllowed([Problem("only the employee can change their own goals", field="actor")])
+        raise NotAllowed(
+            [
+                Problem(
+                    "only the employee can change their own goals",
+                    field="actor",
+                    code="not_own_goals",
+                )
+            ]
+        )
     goals = _goals(session, cycle_id, employee_id)
     if any(g.state != "proposed" for g in goals):
         state = next(g.state for g in goals if g.state != "proposed")
@@ -687,5 +703,12 @@ def _check_approver(session: Session, cycle_id: int, employee_id: str, actor: st
     if not allowed:
         who = f"their manager {manager}" if manager else "HR"
         raise NotAllowed(
-            [Problem(f"only {who} can approve or return {employee_id}'s goals", field="actor")]
+            [
+                Problem(
+                    f"only {who} can approve or return {employee_id}'s goals",
+                    field="actor",
+                    code="not_the_approver" if manager else "not_the_approver_hr",
+                    values=(("manager", manager or ""), ("employee", employee_id)),
+                )
+            ]
         )
