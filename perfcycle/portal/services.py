@@ -44,6 +44,7 @@ from perfcycle.policy import (
 )
 from perfcycle.portal import i18n
 from perfcycle.reminders import describe, open_people_stages
+from perfcycle.stages.target_setting import manager_in_cycle
 
 AUDIT_PAGE_SIZE = 50
 
@@ -176,14 +177,6 @@ def team_goal_sheets(session: Session, cycle_id: int, manager_id: str) -> list[G
         .order_by(Participant.employee_id)
     ).all()
     return [goal_sheet(session, cycle_id, r) for r in reports]
-
-
-def manager_in_cycle(session: Session, cycle_id: int, employee_id: str) -> str | None:
-    return session.scalar(
-        select(Participant.manager_id).where(
-            Participant.cycle_id == cycle_id, Participant.employee_id == employee_id
-        )
-    )
 
 
 # ---------------------------------------------------------------- evaluation

@@ -182,7 +182,8 @@ def _goals(session: Session, cycle_id: int, employee_id: str) -> list[Goal]:
     return goals
 
 
-def _manager_of(session: Session, cycle_id: int, employee_id: str) -> str | None:
+def manager_in_cycle(session: Session, cycle_id: int, employee_id: str) -> str | None:
+    """The employee's manager as the cycle recorded them (not today's org chart)."""
     return session.scalar(
         select(Participant.manager_id).where(
             Participant.cycle_id == cycle_id, Participant.employee_id == employee_id
@@ -245,7 +246,7 @@ def _mail_approver(
     cycle = session.get_one(Cycle, cycle_id)
     stage = stage_of(session, cycle_id, StageName.target_setting)
     employee = session.get_one(Employee, employee_id)
-    manager_id = _manager_of(session, cycle_id, employee_id)
+    manager_id = manager_in_cycle(session, cycle_id, employee_id)
     manager = session.get(Employee, manager_id) if manager_id else None
     context = {"employee_id": employee_id, "employee_name": employee.name, "goals": goals}
     if manager is not None and manager.active:
@@ -698,7 +699,7 @@ def _personal_view(g: Goal) -> dict[str, Any]:
 
 
 def _check_approver(session: Session, cycle_id: int, employee_id: str, actor: str) -> None:
-    manager = _manager_of(session, cycle_id, employee_id)
+    manager = manager_in_cycle(session, cycle_id, employee_id)
     allowed = actor == manager if manager else is_hr(actor)
     if not allowed:
         who = f"their manager {manager}" if manager else "HR"
