@@ -8,7 +8,7 @@ Set-up, not timed: a fresh database (PostgreSQL `perfcycle_bench` at 127.0.0.1:5
 of N people in three departments, a metrics CSV with every value the policy needs, and a bench
 policy derived from policies/external-service.yaml (stages data_collection, evaluation,
 calibration; a `csv` source; all department types, so all N people take part). Then a real
-Prefect server (perfcycle.devstack.Stack) and the review-cycle/launch deployment.
+Prefect server (perfcycle.devtools.devstack.Stack) and the review-cycle/launch deployment.
 
 Timed: from creating the flow run from the deployment to the run being Suspended at the
 evaluation stage. The run executes in this process (prefect.flow_engine.run_flow), so the peak
@@ -49,7 +49,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: flows/ and tasks
 from sqlalchemy import func, inspect, select, table  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from perfcycle.errors import InvalidInput  # noqa: E402
+from perfcycle.core.errors import InvalidInput  # noqa: E402
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/perfcycle_bench"
 BASE_POLICY = REPO / "policies" / "external-service.yaml"
@@ -103,7 +103,7 @@ def fresh_database(url: str) -> None:
 
 
 def drop_database(url: str) -> None:
-    from perfcycle.db import get_engine
+    from perfcycle.core.db import get_engine
 
     get_engine.cache_clear()
     parsed = make_url(url)
@@ -129,7 +129,7 @@ def parse_raters(specs: Sequence[str]) -> dict[str, int]:
 
 def write_policy(folder: Path, metrics_csv: Path, raters: dict[str, int]) -> Path:
     """The shipped external-service policy, cut down to go straight to evaluation."""
-    from perfcycle.policy import load_policy
+    from perfcycle.domain.policy import load_policy
 
     data = yaml.safe_load(BASE_POLICY.read_text(encoding="utf-8"))
     data["department_types"] = ALL_DEPARTMENT_TYPES
@@ -172,12 +172,12 @@ def write_metrics_csv(path: Path, employee_ids: Sequence[str], metrics: Sequence
 def set_up_organisation(url: str, employees: int, folder: str, policy_path: str) -> None:
     """Schema, org and metrics CSV. Runs in a child process: its memory is not the engine's."""
     os.environ["PERFCYCLE_DATABASE_URL"] = url
-    from perfcycle import migrate
-    from perfcycle.db import session_scope
-    from perfcycle.demo_data import sample_org, write_org_csv
-    from perfcycle.org import import_org_csv
-    from perfcycle.policy import load_policy
-    from perfcycle.stages.data_collection import needed_metrics
+    from perfcycle.core import migrate
+    from perfcycle.core.db import session_scope
+    from perfcycle.devtools.demo_data import sample_org, write_org_csv
+    from perfcycle.domain.org import import_org_csv
+    from perfcycle.domain.policy import load_policy
+    from perfcycle.domain.stages.data_collection import needed_metrics
 
     migrate.upgrade(url)
     rows = sample_org(employees)
@@ -207,7 +207,7 @@ def peak_rss_mb() -> float:
 
 def row_counts(url: str) -> dict[str, int]:
     """Rows of every table the database holds (what the migrations built, not the models)."""
-    from perfcycle.db import get_engine
+    from perfcycle.core.db import get_engine
 
     engine = get_engine(url)
     names = [n for n in inspect(engine).get_table_names() if n != "alembic_version"]
@@ -219,8 +219,8 @@ def row_counts(url: str) -> dict[str, int]:
 
 
 def evaluation_counts(url: str) -> dict[str, int]:
-    from perfcycle.db import session_scope
-    from perfcycle.models import OutboxMessage, Participant, RaterAssignment
+    from perfcycle.core.db import session_scope
+    from perfcycle.domain.models import OutboxMessage, Participant, RaterAssignment
 
     def count(model: Any, *where: Any) -> int:
         return int(session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
@@ -240,8 +240,8 @@ def evaluation_counts(url: str) -> dict[str, int]:
 
 def timeline(url: str, since: datetime) -> list[dict[str, Any]]:
     """The audit trail of the run, as seconds after launch: where the domain time went."""
-    from perfcycle.db import session_scope
-    from perfcycle.models import AuditEvent
+    from perfcycle.core.db import session_scope
+    from perfcycle.domain.models import AuditEvent
 
     with session_scope(url) as session:
         events = session.scalars(
@@ -300,7 +300,7 @@ def launch_and_run_to_suspend(policy: str, period: str) -> Launch:
     from prefect.exceptions import Pause
     from prefect.flow_engine import run_flow
 
-    from flows.review_cycle import review_cycle
+    from perfcycle.orchestration.review_cycle.flow import review_cycle
 
     # Called outside an event loop, both return plain values (Prefect's sync/async dispatch).
     deployment = cast(RunnerDeployment, review_cycle.to_deployment(name="launch"))
@@ -401,7 +401,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 @contextmanager
 def bench_environment(folder: Path, url: str) -> Iterator[None]:
     """Our settings for this process and the stack's children; restored afterwards."""
-    from perfcycle.settings import get_settings
+    from perfcycle.core.settings import get_settings
 
     wanted = {
         "PERFCYCLE_HOME": str(folder),
@@ -425,8 +425,8 @@ def bench_environment(folder: Path, url: str) -> Iterator[None]:
 def run_bench(args: argparse.Namespace, folder: Path) -> Report:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from perfcycle.devstack import Stack
-    from perfcycle.policy import load_policy
+    from perfcycle.devtools.devstack import Stack
+    from perfcycle.domain.policy import load_policy
 
     url = args.database_url
     raters = parse_raters(args.raters)

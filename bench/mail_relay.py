@@ -40,7 +40,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from perfcycle.settings import Settings  # noqa: E402
+from perfcycle.core.settings import Settings  # noqa: E402
 
 FILL_CHUNK = 5000
 DELIVERY_WAIT_S = 30.0
@@ -106,7 +106,7 @@ def fresh_database(url: str) -> None:
 
 
 def drop_database(url: str) -> None:
-    from perfcycle.db import get_engine
+    from perfcycle.core.db import get_engine
 
     get_engine.cache_clear()
     parsed = make_url(url)
@@ -126,8 +126,8 @@ def _admin_dsn(url: str) -> str:
 
 
 def sample_mails(count: int) -> list[Any]:
-    """Mails shaped as the stages write them (see perfcycle/stages/*.py)."""
-    from perfcycle.outbox import Mail
+    """Mails shaped as the stages write them (see perfcycle/domain/stages/*.py)."""
+    from perfcycle.notifications.outbox import Mail
 
     due = "2027-01-20T10:00:00+00:00"
     mails = []
@@ -176,10 +176,10 @@ def sample_mails(count: int) -> list[Any]:
 
 def fill_outbox(url: str, count: int) -> float:
     """Write the rows; fails at once if one of the sample mails does not render."""
-    from perfcycle import outbox
-    from perfcycle.db import session_scope
-    from perfcycle.mail.render import render
-    from perfcycle.models import Cycle
+    from perfcycle.core.db import session_scope
+    from perfcycle.domain.models import Cycle
+    from perfcycle.notifications import outbox
+    from perfcycle.notifications.render import render
 
     mails = sample_mails(count)
     for mail in mails[:3]:
@@ -199,7 +199,7 @@ def fill_outbox(url: str, count: int) -> float:
 def _bench_cycle(cycle_model: Any) -> Any:
     from datetime import date
 
-    from perfcycle import clock
+    from perfcycle.core import clock
 
     return cycle_model(
         id=1,
@@ -233,11 +233,11 @@ class _Counter:
 
 
 def _serve(kind: str, folder: str, conn: Connection) -> None:
-    from perfcycle.devstack import pick_free_ports
+    from perfcycle.devtools.devstack import pick_free_ports
 
     port = pick_free_ports(1)[0]
     if kind == "files":
-        from perfcycle.mailsink import MailSink
+        from perfcycle.notifications.mailsink import MailSink
 
         sink = MailSink(Path(folder) / "mail", port=port).start()
         conn.send(sink.port)
@@ -297,7 +297,7 @@ def bench_settings(port: int, connections: int, render_processes: int | None) ->
 
 
 def _relay(url: str, worker: str, batch: int, settings: BenchSettings) -> None:
-    from perfcycle import relay
+    from perfcycle.notifications import relay
 
     relay.relay_until_idle(url, worker, limit=batch, settings=settings)
 
@@ -331,8 +331,8 @@ def run_relays(url: str, relays: int, batch: int, settings: BenchSettings) -> tu
 
 
 def outbox_states(url: str) -> dict[str, int]:
-    from perfcycle import outbox
-    from perfcycle.db import session_scope
+    from perfcycle.core.db import session_scope
+    from perfcycle.notifications import outbox
 
     with session_scope(url) as session:
         return outbox.state_counts(session)
@@ -341,9 +341,9 @@ def outbox_states(url: str) -> dict[str, int]:
 def rows_with_links(url: str) -> int:
     from sqlalchemy import select
 
-    from perfcycle.db import session_scope
-    from perfcycle.models import OutboxMessage
-    from perfcycle.notify import links_in
+    from perfcycle.core.db import session_scope
+    from perfcycle.domain.models import OutboxMessage
+    from perfcycle.notifications.notify import links_in
 
     with session_scope(url) as session:
         return sum(1 for c in session.scalars(select(OutboxMessage.context)) if links_in(c))
@@ -352,8 +352,8 @@ def rows_with_links(url: str) -> int:
 def first_error(url: str) -> str | None:
     from sqlalchemy import select
 
-    from perfcycle.db import session_scope
-    from perfcycle.models import OutboxMessage
+    from perfcycle.core.db import session_scope
+    from perfcycle.domain.models import OutboxMessage
 
     with session_scope(url) as session:
         return session.scalar(
@@ -365,8 +365,8 @@ def first_error(url: str) -> str | None:
 
 
 def run_bench(args: argparse.Namespace, folder: Path) -> Report:
-    from perfcycle import migrate
-    from perfcycle.relay import render_processes
+    from perfcycle.core import migrate
+    from perfcycle.notifications.relay import render_processes
 
     url = args.database_url or f"sqlite:///{folder / 'bench.db'}"
     fresh_database(url)

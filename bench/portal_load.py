@@ -75,7 +75,7 @@ from bench.cycle_launch import (  # noqa: E402
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/perfcycle_portal_bench"
 PERIOD = "2026-Q4"
 RUN_ID = "bench-portal-load"
-APP = "perfcycle.portal.app:app"
+APP = "perfcycle.web.app:app"
 WARMUP_RATERS = 4
 SERVER_START_S = 30.0
 REQUEST_TIMEOUT_S = 30.0
@@ -99,7 +99,7 @@ def prepare_cycle(url: str, folder: Path, employees: int) -> tuple[int, list[Rat
     policy_path = write_policy(folder / "policies", folder / "metrics.csv", {})
     run_in_child(set_up_organisation, url, employees, str(folder), str(policy_path))
     os.environ["PERFCYCLE_POLICIES_DIR"] = str(policy_path.parent)
-    from perfcycle.settings import get_settings
+    from perfcycle.core.settings import get_settings
 
     get_settings.cache_clear()
     cycle_id = launch_to_evaluation(url)
@@ -108,8 +108,8 @@ def prepare_cycle(url: str, folder: Path, employees: int) -> tuple[int, list[Rat
 
 def launch_to_evaluation(url: str) -> int:
     """Open the cycle and step the engine, as the review-cycle flow does, until a stage waits."""
-    from perfcycle import cycles, engine
-    from perfcycle.db import session_scope
+    from perfcycle.core.db import session_scope
+    from perfcycle.domain import cycles, engine
 
     with session_scope(url) as session:
         valid = cycles.validate_launch(session, cycles.LaunchRequest(POLICY_NAME, PERIOD, []))
@@ -133,9 +133,9 @@ def launch_to_evaluation(url: str) -> int:
 
 
 def mailed_raters(url: str, cycle_id: int) -> list[Rater]:
-    from perfcycle.db import session_scope
-    from perfcycle.models import OutboxMessage
-    from perfcycle.portal import links
+    from perfcycle.core.db import session_scope
+    from perfcycle.domain.models import OutboxMessage
+    from perfcycle.notifications import links
 
     with session_scope(url) as session:
         rows = session.execute(
@@ -161,7 +161,7 @@ def start_portal(url: str, app: str, workers: int, port: int) -> subprocess.Pope
     command = [
         sys.executable,
         "-m",
-        "perfcycle.cli",
+        "perfcycle.cli.main",
         "portal",
         "--app",
         app,
@@ -437,8 +437,8 @@ def print_report(report: Report) -> None:
 
 def check_submitted(url: str, cycle_id: int, done: Sequence[Rater]) -> None:
     """Every POST answered 303 must be exactly one submitted form in the database."""
-    from perfcycle.db import session_scope
-    from perfcycle.models import RaterAssignment
+    from perfcycle.core.db import session_scope
+    from perfcycle.domain.models import RaterAssignment
 
     with session_scope(url) as session:
         per_rater = dict(

@@ -1,21 +1,9 @@
-"""cycle-clock: every 15 minutes, resume cycles whose stage is complete or past its deadline, and
-enqueue the reminders, escalations and check-in mails that are due.
+"""cycle-clock: resumes due runs and sends reminders (deployment entrypoint).
 
-Our deadlines are enforced here, not by Prefect's pause expiry (which scans few runs at a time).
+The code lives in perfcycle.orchestration.cycle_clock.flow;
+this file is the stable path that deploy/prefect.yaml and `prefect deploy` name.
 """
 
-from __future__ import annotations
+from perfcycle.orchestration.cycle_clock.flow import cycle_clock
 
-from prefect import flow
-
-from tasks.clock import find_due_cycles, resume_cycles, send_due_notifications
-
-
-@flow(name="cycle-clock", persist_result=False)
-def cycle_clock() -> int:
-    """Returns how many cycles were resumed."""
-    due = find_due_cycles()
-    resumed = resume_cycles(due) if due else 0
-    # After resuming: a failure here fails the clock run visibly, but never holds up a cycle.
-    send_due_notifications()
-    return resumed
+__all__ = ["cycle_clock"]

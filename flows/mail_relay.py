@@ -1,20 +1,9 @@
-"""mail-relay: send what the outbox holds (deployment mail-relay/every-minute).
+"""mail-relay: delivers the outbox (deployment entrypoint).
 
-Runs every minute and right after a stage writes mail. Several runs at once are safe: each row
-is claimed by one relay. A run stops when nothing is due or its time budget (under the
-schedule's interval) is spent; the next run carries on.
+The code lives in perfcycle.orchestration.mail_relay.flow;
+this file is the stable path that deploy/prefect.yaml and `prefect deploy` name.
 """
 
-from __future__ import annotations
+from perfcycle.orchestration.mail_relay.flow import mail_relay
 
-from typing import Any
-
-from prefect import flow
-
-from tasks.mail import ensure_rate_limit, relay_mail
-
-
-@flow(name="mail-relay", persist_result=False)
-def mail_relay(batch_size: int = 200, time_budget_s: float = 50.0) -> dict[str, Any]:
-    slots = ensure_rate_limit()
-    return relay_mail(batch_size, time_budget_s, slots)
+__all__ = ["mail_relay"]

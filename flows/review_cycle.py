@@ -1,81 +1,9 @@
-"""review-cycle: run a cycle's stages in the order its policy lists them.
+"""review-cycle: a cycle's stages in policy order (deployment entrypoint).
 
-Deterministic orchestration over database state: on every (re-)run it asks which stage is
-current, enters it (idempotent), and either closes it or suspends until people are done or the
-deadline passes. A resumed run re-executes from the top and converges.
+The code lives in perfcycle.orchestration.review_cycle.flow;
+this file is the stable path that deploy/prefect.yaml and `prefect deploy` name.
 """
 
-from __future__ import annotations
+from perfcycle.orchestration.review_cycle.flow import CalibrationApproval, review_cycle
 
-from datetime import date
-from typing import Annotated, Any
-
-from prefect import flow, get_run_logger
-from prefect.flow_runs import suspend_flow_run
-from prefect.input import RunInput
-from pydantic import Field
-
-from perfcycle.policy import list_policies
-from perfcycle.stages.calibration import DecisionInput
-from tasks.cycle import finish_cycle, open_cycle
-from tasks.stages import assess_stage, close_stage, enter_stage, next_stage, record_decision
-
-MAX_STEPS = 200  # a guard against a policy/engine bug looping forever, never reached normally
-
-
-class CalibrationApproval(RunInput, DecisionInput):
-    """The committee's form on the suspended run (Prefect UI → Resume)."""
-
-
-PolicyName = Annotated[
-    str,
-    Field(description="policy file in policies/", json_schema_extra={"enum": list_policies()}),
-]
-Period = Annotated[str, Field(description="2026 | 2026-H1 | 2026-Q4 | 2026-11")]
-Scope = Annotated[
-    list[str], Field(description="department ids; leave empty for the whole organisation")
-]
-
-
-@flow(name="review-cycle", log_prints=True, persist_result=False)
-def review_cycle(
-    policy: PolicyName,
-    period: Period,
-    scope: Scope = [],  # noqa: B006 - Prefect validates a fresh copy for every run
-    start_date: date | None = None,
-) -> dict[str, Any]:
-    """Launch (or continue) a review cycle.
-
-    Args:
-        policy: the policy file in policies/ that defines stages, indicators and deadlines
-        period: the period under review: 2026, 2026-H1, 2026-Q4 or 2026-11
-        scope: department ids; leave empty for every department the policy applies to
-        start_date: when the first stage's deadline starts counting (default: today)
-    """
-    logger = get_run_logger()
-    opened = open_cycle(policy, period, list(scope), start_date)
-    cycle_id = opened["cycle_id"]
-    if opened["mode"] in ("driven_elsewhere", "completed"):
-        logger.info("Cycle %s: %s (flow run %s); nothing to do here.", cycle_id,
-                    opened["mode"].replace("_", " "), opened["other_run"])
-        return opened
-
-    for _ in range(MAX_STEPS):
-        stage = next_stage(cycle_id)
-        if stage is None:
-            break
-        enter_stage(cycle_id, stage)
-        status = assess_stage(cycle_id, stage)
-        if status["wait"] == "ready":
-            close_stage(cycle_id, stage)
-        elif status["wait"] == "people":
-            suspend_flow_run(timeout=status["timeout_s"], key=status["key"])
-        elif status["wait"] == "approval":
-            decision = suspend_flow_run(
-                wait_for_input=CalibrationApproval, timeout=status["timeout_s"], key=status["key"]
-            )
-            record_decision(cycle_id, decision.model_dump(exclude={"metadata"}))
-    else:
-        raise RuntimeError(f"cycle {cycle_id} did not converge in {MAX_STEPS} steps")
-    finish_cycle(cycle_id)
-    return {"cycle_id": cycle_id, "mode": "completed"}
+__all__ = ["CalibrationApproval", "review_cycle"]

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from sqlalchemy.orm import Session
 
-from perfcycle import migrate
-from perfcycle.db import get_engine, session_scope
+from perfcycle.core import migrate
+from perfcycle.core.db import get_engine, session_scope
 
 PG_ADMIN_DSN = os.environ.get("PERFCYCLE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 

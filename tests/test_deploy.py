@@ -27,8 +27,8 @@ from prefect.settings import Settings as PrefectSettings
 from prefect.settings.legacy import _get_settings_fields
 from sqlalchemy.engine import make_url
 
-from perfcycle.migrate import AUDIT_TRIGGERS
-from perfcycle.settings import Settings
+from perfcycle.core.migrate import AUDIT_TRIGGERS
+from perfcycle.core.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = REPO_ROOT / "deploy"
@@ -137,7 +137,7 @@ def check_env_names(names: set[str], where: str) -> None:
         or (name.startswith("PREFECT_") and name not in PREFECT_SETTINGS)
     )
     assert not unknown, (
-        f"{where}: {unknown} are neither fields of perfcycle.settings.Settings nor Prefect "
+        f"{where}: {unknown} are neither fields of perfcycle.core.settings.Settings nor Prefect "
         "settings; both ignore unknown names silently"
     )
 
@@ -154,7 +154,7 @@ def project() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def served() -> dict[str, RunnerDeployment]:
-    from flows.serve import deployments
+    from perfcycle.orchestration.serve import deployments
 
     return {f"{d.flow_name}/{d.name}": d for d in deployments()}
 
@@ -476,6 +476,6 @@ def test_k8s_services_and_probes_reach_named_ports() -> None:
 
 
 def portal_routes() -> set[str]:
-    from perfcycle.portal.app import app
+    from perfcycle.web.app import app
 
     return {getattr(route, "path", "") for route in app.routes}

@@ -1,40 +1,100 @@
-"""Domain logic never imports Prefect: only the orchestration edge may."""
+"""The folder tree is the architecture: each package may import only the layers beneath it.
+
+    cli, devtools            -> anything below
+    web, orchestration       -> domain, notifications, connectors, core (never each other, except
+                                that web resumes runs through orchestration.client, the Prefect
+                                client edge that imports no flow)
+    domain, notifications,
+    connectors               -> each other and core; never Prefect, FastAPI or the edges
+    core                     -> nothing of perfcycle above it
+"""
 
 from __future__ import annotations
 
-import pkgutil
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import perfcycle
 
-# Modules allowed to talk to Prefect (they launch, resume or read flow runs).
-EDGE = {"perfcycle.orchestrator", "perfcycle.demo", "perfcycle.cli", "perfcycle.devstack"}
+PACKAGE = Path(perfcycle.__file__).resolve().parent
+INNER = {"domain", "notifications", "connectors", "core"}
+ALLOWED: dict[str, set[str]] = {
+    "core": {"core"},
+    "domain": INNER,
+    "notifications": INNER,
+    "connectors": INNER,
+    "web": INNER | {"web", "orchestration.client"},
+    "orchestration": INNER | {"orchestration"},
+    "cli": INNER | {"web", "orchestration", "cli", "devtools"},
+    "devtools": INNER | {"web", "orchestration", "cli", "devtools"},
+}
+# Migrations exist to bring the database to the models: the one upward import, by design.
+EXCEPTIONS = {"core/migrate.py": {"domain.models"}}
+FRAMEWORKS = ("prefect", "fastapi", "starlette", "uvicorn")
 
 
-def domain_modules() -> list[str]:
-    names = []
-    for info in pkgutil.walk_packages(perfcycle.__path__, "perfcycle."):
-        if info.name in EDGE or info.name.startswith(("perfcycle.migrations", "perfcycle.portal")):
+def perfcycle_imports(path: Path) -> set[str]:
+    """Every perfcycle module a file imports, as 'subpackage.rest' (top level included)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
             continue
-        names.append(info.name)
-    return names
+        found.update(n.removeprefix("perfcycle.") for n in names if n.startswith("perfcycle."))
+    return found
 
 
-def test_domain_modules_do_not_import_prefect() -> None:
-    modules = domain_modules()
-    assert "perfcycle.scoring" in modules and "perfcycle.engine" in modules
+def layer_of(path: Path) -> str:
+    return path.relative_to(PACKAGE).parts[0]
+
+
+def source_files() -> list[Path]:
+    return [
+        p for p in PACKAGE.rglob("*.py") if "migrations" not in p.parts and p.parent != PACKAGE
+    ]
+
+
+def test_every_module_lives_in_a_subsystem_package() -> None:
+    assert sorted(p.name for p in PACKAGE.glob("*.py")) == ["__init__.py"]
+    assert {layer_of(p) for p in source_files()} == set(ALLOWED)
+
+
+def test_each_package_imports_only_the_layers_it_may() -> None:
+    wrong = []
+    for path in source_files():
+        allowed = ALLOWED[layer_of(path)] | EXCEPTIONS.get(str(path.relative_to(PACKAGE)), set())
+        for name in sorted(perfcycle_imports(path)):
+            permitted = any(name == a or name.startswith(a + ".") for a in allowed)
+            if not permitted and name.split(".")[0] in ALLOWED:
+                wrong.append(f"{path.relative_to(PACKAGE.parent)} imports perfcycle.{name}")
+    assert wrong == []
+
+
+def test_inner_layers_do_not_load_prefect_or_fastapi() -> None:
+    modules = sorted(
+        "perfcycle." + ".".join(p.relative_to(PACKAGE).with_suffix("").parts).removesuffix(
+            ".__init__"
+        )
+        for p in source_files()
+        if layer_of(p) in INNER
+    )
+    assert "perfcycle.domain.scoring" in modules and "perfcycle.domain.engine" in modules
     code = (
         "import importlib, sys\n"
         f"for m in {modules!r}: importlib.import_module(m)\n"
-        "bad = sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.'))\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {FRAMEWORKS!r})\n"
         "print(','.join(bad[:5]))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "", f"a domain module imports prefect: {out.stdout}"
+    assert out.stdout.strip() == "", f"an inner module loads a framework: {out.stdout}"
 
 
 def test_cli_imports_prefect_only_when_needed() -> None:
-    code = "import sys, perfcycle.cli; print('prefect' in sys.modules)"
+    code = "import sys, perfcycle.cli.main; print('prefect' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

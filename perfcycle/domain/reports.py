@@ -1,0 +1,50 @@
+"""Human-readable summaries of a stage, for Prefect artifacts and the terminal."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from perfcycle.domain.models import Cycle, StageInstance
+
+STAGE_TITLES = {
+    "target_setting": "Target setting / 目标设定",
+    "data_collection": "Data collection / 数据采集",
+    "evaluation": "Multi-rater evaluation / 多维评价",
+    "calibration": "Calibration / 结果校准",
+    "interview": "Review interview / 绩效面谈",
+    "improvement": "Improvement plans / 改进计划跟踪",
+    "appeal": "Appeal / 申诉",
+}
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, dict | list):
+        text = json.dumps(value, ensure_ascii=False, default=str)
+        return text if len(text) <= 300 else text[:297] + "..."
+    return str(value)
+
+
+def stage_markdown(
+    cycle: Cycle, inst: StageInstance, phase: str, done: int | None = None, total: int | None = None
+) -> str:
+    lines = [
+        f"## {STAGE_TITLES.get(inst.name, inst.name)} — {phase}",
+        "",
+        f"Cycle **{cycle.id}** · policy `{cycle.policy}` · period **{cycle.period}** · "
+        f"attempt {inst.attempt}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| state | {inst.state} |",
+        f"| opened | {inst.opened_at:%Y-%m-%d %H:%M} UTC |",
+        f"| due | {inst.due_at:%Y-%m-%d %H:%M} UTC |",
+    ]
+    if inst.closed_at:
+        lines.append(f"| closed | {inst.closed_at:%Y-%m-%d %H:%M} UTC ({inst.close_reason}) |")
+    if total is not None:
+        lines.append(f"| progress | {done} / {total} |")
+    section = (inst.summary or {}).get("closed" if phase == "closed" else "entered", {})
+    for key, value in section.items():
+        lines.append(f"| {key} | {_cell(value)} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,445 @@
+"""Appeal stage: within a window every participant accepts the results or appeals them.
+
+Appeals go to the supervision committee, whose outcome is upheld, adjusted (a new grade) or
+re_evaluated. open -> accepted | filed -> decided; still open when the window closes -> lapsed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from perfcycle.core import clock
+from perfcycle.core.db import insert_ignore
+from perfcycle.core.errors import InvalidInput, Problem
+from perfcycle.domain import audit
+from perfcycle.domain.models import (
+    Appeal,
+    Cycle,
+    Employee,
+    Participant,
+    Result,
+    StageInstance,
+    StageName,
+)
+from perfcycle.domain.policy import Policy, Role
+from perfcycle.domain.stages import base
+from perfcycle.domain.stages.base import PendingTask, Progress, close_unfinished
+from perfcycle.notifications.notify import Recipient, TaskLink, notify, policy_of, stage_of
+
+STATES = ("open", "accepted", "filed", "decided", "lapsed")
+OUTCOMES = ("upheld", "adjusted", "re_evaluated")
+
+
+class Handler:
+    def enter(
+        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
+    ) -> dict[str, Any]:
+        created = _create_appeals(session, cycle)
+        if created:
+            audit.record(
+                session,
+                actor=audit.SYSTEM,
+                action="appeal.window_opened",
+                subject=f"cycle:{cycle.id}/stage:appeal",
+                cycle_id=cycle.id,
+                after={
+                    "appeals_created": len(created),
+                    "window_closes": stage.due_at.isoformat(),
+                    "employees": created,
+                },
+            )
+        mails = notify(
+            session,
+            cycle,
+            policy,
+            "appeal_window_open",
+            _window_recipients(session, stage),
+            f"appeal-window:{stage.attempt}",
+            {"deadline": stage.due_at.isoformat()},
+            due_at=stage.due_at,
+        )
+        return {"appeals_created": len(created), "mails_enqueued": mails}
+
+    def progress(
+        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
+    ) -> Progress:
+        counts = count_by_state(session, cycle.id)
+        return Progress(done=counts["accepted"] + counts["decided"], total=sum(counts.values()))
+
+    def pending(
+        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
+    ) -> dict[str, list[PendingTask]]:
+        """Employees who have neither accepted nor appealed their results."""
+        return {
+            employee_id: [
+                PendingTask(Role.employee, "answer_results", "appeal", f"appeal:{appeal_id}")
+            ]
+            for appeal_id, employee_id in session.execute(
+                select(Appeal.id, Appeal.employee_id)
+                .where(Appeal.cycle_id == cycle.id, Appeal.state == "open")
+                .order_by(Appeal.employee_id)
+            ).tuples()
+        }
+
+    def close(
+        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
+    ) -> dict[str, Any]:
+        """Lapse the silent; filed appeals stay with the committee and are counted as such."""
+        lapsed = close_unfinished(
+            session, Appeal, cycle, stage="appeal", unfinished="open", closed_as="lapsed"
+        )
+        return {**count_by_state(session, cycle.id), "marked_lapsed": len(lapsed)}
+
+
+def count_by_state(session: Session, cycle_id: int) -> dict[str, int]:
+    return base.count_by_state(session, Appeal, cycle_id, STATES)
+
+
+def _create_appeals(session: Session, cycle: Cycle) -> list[str]:
+    """Insert the missing appeal rows; returns the employee ids that got one now."""
+    existing = set(session.scalars(select(Appeal.employee_id).where(Appeal.cycle_id == cycle.id)))
+    new_ids = [
+        employee_id
+        for employee_id in session.scalars(
+            select(Participant.employee_id)
+            .where(Participant.cycle_id == cycle.id)
+            .order_by(Participant.employee_id)
+        )
+        if employee_id not in existing
+    ]
+    rows = [
+        {"cycle_id": cycle.id, "employee_id": employee_id, "state": "open", "reason": ""}
+        for employee_id in new_ids
+    ]
+    insert_ignore(session, Appeal.__table__, rows)  # type: ignore[arg-type]
+    return new_ids
+
+
+def _window_recipients(session: Session, stage: StageInstance) -> list[Recipient]:
+    """Each participant learns their grade is final unless they appeal by the deadline."""
+    rows = session.execute(
+        select(Appeal.id, Employee, Result.grade)
+        .join(Employee, Employee.id == Appeal.employee_id)
+        .outerjoin(
+            Result,
+            (Result.cycle_id == Appeal.cycle_id) & (Result.employee_id == Appeal.employee_id),
+        )
+        .where(Appeal.cycle_id == stage.cycle_id)
+        .order_by(Appeal.employee_id)
+    ).all()
+    return [
+        Recipient.person(
+            Role.employee,
+            employee,
+            context={"appeal_id": appeal_id, "grade": grade},
+            link=TaskLink("appeal", f"appeal:{appeal_id}"),
+        )
+        for appeal_id, employee, grade in rows
+    ]
+
+
+# ---------------------------------------------------------------- services
+
+
+def accept_results(session: Session, cycle_id: int, employee_id: str, *, actor: str) -> Appeal:
+    """The employee says they will not appeal."""
+    appeal = _get_appeal_of(session, cycle_id, employee_id)
+    problems = _check_employee(appeal, actor)
+    if appeal.state != "open":
+        problems.append(
+            Problem(f"the results were already answered ({appeal.state})", field="state")
+        )
+    if problems:
+        raise InvalidInput(problems)
+
+    before = _snapshot(appeal)
+    appeal.state = "accepted"
+    audit.record(
+        session,
+        actor=actor,
+        action="appeal.results_accepted",
+        subject=f"appeal:{appeal.id}",
+        cycle_id=appeal.cycle_id,
+        before=before,
+        after=_snapshot(appeal),
+    )
+    return appeal
+
+
+def file_appeal(
+    session: Session, cycle_id: int, employee_id: str, *, reason: str, actor: str
+) -> Appeal:
+    """The employee appeals to the supervision committee, within the window."""
+    appeal = _get_appeal_of(session, cycle_id, employee_id)
+    problems = _check_employee(appeal, actor)
+    problems += _check_window(session, cycle_id)
+    if appeal.state != "open":
+        problems.append(
+            Problem(f"the results were already answered ({appeal.state})", field="state")
+        )
+    if not isinstance(reason, str) or not reason.strip():
+        problems.append(Problem("a reason for the appeal is required", field="reason"))
+    if problems:
+        raise InvalidInput(problems)
+
+    before = _snapshot(appeal)
+    appeal.state = "filed"
+    appeal.reason = reason.strip()
+    appeal.filed_at = clock.now()
+    audit.record(
+        session,
+        actor=actor,
+        action="appeal.filed",
+        subject=f"appeal:{appeal.id}",
+        cycle_id=appeal.cycle_id,
+        before=before,
+        after=_snapshot(appeal),
+    )
+    _notify_received(session, appeal)
+    return appeal
+
+
+def decide_appeal(
+    session: Session,
+    appeal_id: int,
+    *,
+    outcome: str,
+    note: str,
+    actor: str,
+    policy: Policy,
+    new_grade: str | None = None,
+) -> Appeal:
+    """The supervision committee decides; `adjusted` replaces the employee's grade.
+
+    `policy` is the cycle's policy (its grades are the valid new grades). Committee membership
+    is the portal's role check; here the decider must be independent of the case.
+    """
+    appeal = session.get(Appeal, appeal_id)
+    if appeal is None:
+        raise InvalidInput([Problem(f"no appeal {appeal_id}", field="appeal_id")])
+    result = session.scalar(
+        select(Result).where(
+            Result.cycle_id == appeal.cycle_id, Result.employee_id == appeal.employee_id
+        )
+    )
+    problems = _check_decider(session, appeal, actor)
+    problems += _check_decision(appeal, outcome, note, new_grade, policy, result)
+    if problems:
+        raise InvalidInput(problems)
+
+    before = _snapshot(appeal)
+    appeal.state = "decided"
+    appeal.outcome = outcome
+    appeal.decision_note = note.strip()
+    appeal.decided_by = actor
+    appeal.decided_at = clock.now()
+    audit.record(
+        session,
+        actor=actor,
+        action="appeal.decided",
+        subject=f"appeal:{appeal.id}",
+        cycle_id=appeal.cycle_id,
+        before=before,
+        after={**_snapshot(appeal), "new_grade": new_grade},
+    )
+    if outcome == "adjusted" and result is not None and new_grade is not None:
+        _adjust_grade(session, result, new_grade, actor, appeal.id)
+    _notify_decided(session, appeal, result)
+    return appeal
+
+
+def _adjust_grade(
+    session: Session, result: Result, new_grade: str, actor: str, appeal_id: int
+) -> None:
+    before = {"grade": result.grade}
+    result.grade = new_grade
+    audit.record(
+        session,
+        actor=actor,
+        action="result.grade_adjusted",
+        subject=f"result:{result.cycle_id}:{result.employee_id}",
+        cycle_id=result.cycle_id,
+        before=before,
+        after={"grade": new_grade, "appeal_id": appeal_id},
+    )
+
+
+def _get_appeal_of(session: Session, cycle_id: int, employee_id: str) -> Appeal:
+    appeal = session.scalar(
+        select(Appeal).where(Appeal.cycle_id == cycle_id, Appeal.employee_id == employee_id)
+    )
+    if appeal is None:
+        raise InvalidInput(
+            [
+                Problem(
+                    f"{employee_id!r} has no results to answer in cycle {cycle_id}",
+                    field="employee_id",
+                )
+            ]
+        )
+    return appeal
+
+
+def _check_employee(appeal: Appeal, actor: str) -> list[Problem]:
+    if actor == appeal.employee_id:
+        return []
+    return [
+        Problem(
+            f"only the employee ({appeal.employee_id}) may answer their results, not {actor!r}",
+            field="actor",
+        )
+    ]
+
+
+def _check_window(session: Session, cycle_id: int) -> list[Problem]:
+    stage = session.scalar(
+        select(StageInstance).where(
+            StageInstance.cycle_id == cycle_id, StageInstance.name == StageName.appeal
+        )
+    )
+    if stage is None:
+        return [Problem(f"cycle {cycle_id} has no appeal stage", field="cycle_id")]
+    if stage.state != "open" or clock.now() > stage.due_at:
+        closed = stage.closed_at if stage.closed_at and stage.closed_at < stage.due_at else None
+        return [
+            Problem(
+                f"the appeal window closed on {_when(closed or stage.due_at)}",
+                field="appeal_window",
+            )
+        ]
+    return []
+
+
+def _check_decider(session: Session, appeal: Appeal, actor: str) -> list[Problem]:
+    """The appellant and the manager who evaluated them cannot sit on their own case."""
+    if not isinstance(actor, str) or not actor.strip():
+        return [Problem("the deciding committee member is required", field="actor")]
+    if actor == appeal.employee_id:
+        return [Problem("an employee cannot decide their own appeal", field="actor")]
+    manager_id = session.scalar(
+        select(Participant.manager_id).where(
+            Participant.cycle_id == appeal.cycle_id,
+            Participant.employee_id == appeal.employee_id,
+        )
+    )
+    if manager_id is not None and actor == manager_id:
+        return [
+            Problem(
+                f"{actor} is the appellant's manager and cannot decide the appeal", field="actor"
+            )
+        ]
+    return []
+
+
+def _check_decision(
+    appeal: Appeal,
+    outcome: str,
+    note: str,
+    new_grade: str | None,
+    policy: Policy,
+    result: Result | None,
+) -> list[Problem]:
+    problems: list[Problem] = []
+    if appeal.state != "filed":
+        problems.append(
+            Problem(
+                f"the appeal is {appeal.state}; only a filed appeal can be decided", field="state"
+            )
+        )
+    if outcome not in OUTCOMES:
+        problems.append(
+            Problem(f"must be one of {', '.join(OUTCOMES)}, got {outcome!r}", field="outcome")
+        )
+    if not isinstance(note, str) or not note.strip():
+        problems.append(Problem("a note explaining the decision is required", field="note"))
+    if outcome != "adjusted":
+        if new_grade is not None:
+            problems.append(
+                Problem("a new grade is given only with outcome adjusted", field="new_grade")
+            )
+        return problems
+    grades = policy.grade_ids()
+    if new_grade is None:
+        problems.append(Problem("outcome adjusted needs the new grade", field="new_grade"))
+    elif new_grade not in grades:
+        problems.append(
+            Problem(
+                f"{new_grade!r} is not a grade of policy {policy.id} ({', '.join(grades)})",
+                field="new_grade",
+            )
+        )
+    elif result is None:
+        problems.append(Problem("the employee has no result to adjust", field="new_grade"))
+    elif result.grade == new_grade:
+        problems.append(
+            Problem(f"the grade already is {new_grade}; use outcome upheld", field="new_grade")
+        )
+    return problems
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _snapshot(appeal: Appeal) -> dict[str, Any]:
+    return {
+        "state": appeal.state,
+        "reason": appeal.reason,
+        "filed_at": appeal.filed_at.isoformat() if appeal.filed_at else None,
+        "outcome": appeal.outcome,
+        "decision_note": appeal.decision_note,
+        "decided_by": appeal.decided_by,
+    }
+
+
+def _notify_received(session: Session, appeal: Appeal) -> None:
+    """The employee gets a receipt; the supervision committee gets a case to decide."""
+    employee = session.get_one(Employee, appeal.employee_id)
+    cycle = session.get_one(Cycle, appeal.cycle_id)
+    stage = stage_of(session, cycle.id, StageName.appeal)
+    notify(
+        session,
+        cycle,
+        policy_of(cycle),
+        "appeal_received",
+        [Recipient.person(Role.employee, employee)],
+        f"appeal-received:{appeal.id}",
+        _mail_context(appeal, employee),
+        # The committee decides before the appeal stage closes (then undecided appeals lapse).
+        due_at=stage.due_at if stage else None,
+    )
+
+
+def _notify_decided(session: Session, appeal: Appeal, result: Result | None) -> None:
+    """The employee learns the decision; their manager too when the grade changed."""
+    employee = session.get_one(Employee, appeal.employee_id)
+    cycle = session.get_one(Cycle, appeal.cycle_id)
+    recipients = [Recipient.person(Role.employee, employee)]
+    manager = session.get(Employee, employee.manager_id) if employee.manager_id else None
+    if appeal.outcome == "adjusted" and manager is not None:
+        recipients.append(Recipient.person(Role.manager, manager))
+    notify(
+        session,
+        cycle,
+        policy_of(cycle),
+        "appeal_decided",
+        recipients,
+        f"appeal-decided:{appeal.id}",
+        {**_mail_context(appeal, employee), "grade": result.grade if result else None},
+    )
+
+
+def _mail_context(appeal: Appeal, employee: Employee) -> dict[str, Any]:
+    """What every mail about the appeal says; `name` is each recipient's own."""
+    return {
+        "appeal_id": appeal.id,
+        "employee_id": employee.id,
+        "employee_name": employee.name,
+        "reason": appeal.reason,
+        "outcome": appeal.outcome,
+        "decision_note": appeal.decision_note,
+    }

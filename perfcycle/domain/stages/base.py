@@ -1,0 +1,123 @@
+"""The contract between the engine and a stage's records."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from perfcycle.domain import audit
+from perfcycle.domain.models import Appeal, Cycle, ImprovementPlan, Interview, StageInstance
+from perfcycle.domain.policy import Policy, Role
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int
+    total: int
+
+    @property
+    def complete(self) -> bool:
+        return self.done >= self.total
+
+
+@dataclass(frozen=True)
+class PendingTask:
+    """One person's unfinished work in a stage: what reminders list and escalations report."""
+
+    role: Role
+    # submit_goals, approve_goals, evaluate, record_interview, acknowledge_interview,
+    # close_plan, answer_results (perfcycle.notifications.reminders words them in the reader's
+    # language).
+    action: str
+    # The portal task its link opens (TaskToken.task_kind / task_ref).
+    kind: str
+    ref: str
+    # Names of the people the task is about (ratees, reports), sorted.
+    subjects: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class PendingWork(Protocol):
+    """A stage where people have tasks of their own (policy.PEOPLE_STAGES)."""
+
+    def pending(
+        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
+    ) -> dict[str, list[PendingTask]]:
+        """Employee id -> their unfinished tasks in this stage; people who are done are absent."""
+        ...
+
+
+class StageHandler(Protocol):
+    def enter(
+        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
+    ) -> dict[str, Any]:
+        """Create the stage's records (and their outbox mail) that do not exist yet.
+
+        Returns counts for the stage summary, e.g. {"interviews_created": 12}. Called on every
+        (re-)run of the flow: insert with natural keys, never blindly.
+        """
+        ...
+
+    def progress(
+        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
+    ) -> Progress:
+        """How many of the stage's units of work are done, out of how many."""
+        ...
+
+    def close(
+        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
+    ) -> dict[str, Any]:
+        """Close what is still open (mark it expired/missed/lapsed) and return summary counts."""
+        ...
+
+
+# ---------------------------------------------------------------- per-employee records
+
+# Stages whose records are one row per employee with a `state` (interview, plan, appeal).
+PerEmployeeRecord = type[Interview] | type[ImprovementPlan] | type[Appeal]
+
+
+def count_by_state(
+    session: Session, model: PerEmployeeRecord, cycle_id: int, states: Sequence[str]
+) -> dict[str, int]:
+    """Rows of the cycle per state, every state present (0 when none)."""
+    counts = dict.fromkeys(states, 0)
+    rows = session.execute(
+        select(model.state, func.count()).where(model.cycle_id == cycle_id).group_by(model.state)
+    )
+    for state, n in rows:
+        counts[state] = n
+    return counts
+
+
+def close_unfinished(
+    session: Session,
+    model: PerEmployeeRecord,
+    cycle: Cycle,
+    *,
+    stage: str,
+    unfinished: str,
+    closed_as: str,
+) -> list[str]:
+    """At the stage's end, mark the rows still `unfinished` as `closed_as`, with one audit event
+    naming the employees; returns their ids (sorted)."""
+    where = (model.cycle_id == cycle.id, model.state == unfinished)
+    employees = list(
+        session.scalars(select(model.employee_id).where(*where).order_by(model.employee_id))
+    )
+    if employees:
+        session.execute(update(model).where(*where).values(state=closed_as))
+        audit.record(
+            session,
+            actor=audit.SYSTEM,
+            action=f"{stage}.{closed_as}",
+            subject=f"cycle:{cycle.id}/stage:{stage}",
+            cycle_id=cycle.id,
+            before={"state": unfinished},
+            after={"state": closed_as, "employees": employees},
+        )
+    return employees

@@ -1,0 +1,312 @@
+"""Interview stage: a one-to-one between each participant and their manager.
+
+The manager records results and root causes (the improvement plan is agreed there), the employee
+acknowledges. scheduled -> held -> acknowledged; an interview still scheduled at close is missed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, aliased
+
+from perfcycle.core import clock
+from perfcycle.core.db import insert_ignore
+from perfcycle.core.errors import InvalidInput, Problem
+from perfcycle.domain import audit
+from perfcycle.domain.models import (
+    Cycle,
+    Employee,
+    Interview,
+    Participant,
+    StageInstance,
+    StageName,
+)
+from perfcycle.domain.policy import Policy, Role
+from perfcycle.domain.stages import base
+from perfcycle.domain.stages.base import PendingTask, Progress, close_unfinished
+from perfcycle.notifications.notify import Recipient, TaskLink, notify, policy_of, stage_of
+
+STATES = ("scheduled", "held", "acknowledged", "missed")
+# A held interview may still be corrected by the manager until the employee acknowledges it.
+RECORDABLE = ("scheduled", "held")
+
+
+class Handler:
+    def enter(
+        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
+    ) -> dict[str, Any]:
+        created = _create_interviews(session, cycle)
+        if created:
+            audit.record(
+                session,
+                actor=audit.SYSTEM,
+                action="interview.scheduled",
+                subject=f"cycle:{cycle.id}/stage:interview",
+                cycle_id=cycle.id,
+                after={"interviews_created": len(created), "employees": created},
+            )
+        mails = notify(
+            session,
+            cycle,
+            policy,
+            "interview_scheduled",
+            _scheduled_recipients(session, cycle, stage),
+            f"interview:{stage.attempt}",
+            due_at=stage.due_at,
+        )
+        return {"interviews_created": len(created), "mails_enqueued": mails}
+
+    def progress(
+        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
+    ) -> Progress:
+        counts = count_by_state(session, cycle.id)
+        return Progress(done=counts["acknowledged"], total=sum(counts.values()))
+
+    def pending(
+        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
+    ) -> dict[str, list[PendingTask]]:
+        """Managers with interviews to hold; employees with a record to acknowledge."""
+        emp = aliased(Employee)
+        rows = session.execute(
+            select(
+                Interview.id, Interview.state, Interview.employee_id, Interview.manager_id, emp.name
+            )
+            .join(emp, emp.id == Interview.employee_id)
+            .where(Interview.cycle_id == cycle.id, Interview.state.in_(RECORDABLE))
+            .order_by(Interview.employee_id)
+        ).all()
+        to_hold: dict[str, set[str]] = defaultdict(set)
+        todo: dict[str, list[PendingTask]] = defaultdict(list)
+        for interview_id, state, employee_id, manager_id, name in rows:
+            if state == "held":
+                todo[employee_id].append(
+                    PendingTask(
+                        Role.employee,
+                        "acknowledge_interview",
+                        "interview_ack",
+                        f"interview:{interview_id}",
+                    )
+                )
+            elif manager_id is not None:
+                to_hold[manager_id].add(name)
+        ref = f"interview:{stage.attempt}"
+        for manager_id, names in sorted(to_hold.items()):
+            todo[manager_id].append(
+                PendingTask(
+                    Role.manager, "record_interview", "interviews", ref, tuple(sorted(names))
+                )
+            )
+        return dict(todo)
+
+    def close(
+        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
+    ) -> dict[str, Any]:
+        missed = close_unfinished(
+            session, Interview, cycle, stage="interview", unfinished="scheduled", closed_as="missed"
+        )
+        return {**count_by_state(session, cycle.id), "marked_missed": len(missed)}
+
+
+def count_by_state(session: Session, cycle_id: int) -> dict[str, int]:
+    return base.count_by_state(session, Interview, cycle_id, STATES)
+
+
+def _create_interviews(session: Session, cycle: Cycle) -> list[str]:
+    """Insert the missing interviews; returns the employee ids that got one now."""
+    existing = set(
+        session.scalars(select(Interview.employee_id).where(Interview.cycle_id == cycle.id))
+    )
+    rows = [
+        {
+            "cycle_id": cycle.id,
+            "employee_id": employee_id,
+            "manager_id": manager_id,
+            "state": "scheduled",
+            "summary": "",
+            "root_causes": "",
+        }
+        for employee_id, manager_id in session.execute(
+            select(Participant.employee_id, Participant.manager_id)
+            .where(Participant.cycle_id == cycle.id, Participant.manager_id.is_not(None))
+            .order_by(Participant.employee_id)
+        )
+        if employee_id not in existing
+    ]
+    insert_ignore(session, Interview.__table__, rows)  # type: ignore[arg-type]
+    return [r["employee_id"] for r in rows]
+
+
+def _scheduled_recipients(session: Session, cycle: Cycle, stage: StageInstance) -> list[Recipient]:
+    """One mail per employee, and one per manager listing all of their interviews.
+
+    A manager who is also interviewed gets both, so the two need distinct occurrences.
+    """
+    occurrence = f"interview:{stage.attempt}"
+    emp = aliased(Employee)
+    mgr = aliased(Employee)
+    rows = session.execute(
+        select(Interview.id, emp, mgr)
+        .join(emp, emp.id == Interview.employee_id)
+        .join(mgr, mgr.id == Interview.manager_id)
+        .where(Interview.cycle_id == cycle.id)
+        .order_by(Interview.manager_id, Interview.employee_id)
+    ).all()
+    recipients: list[Recipient] = []
+    by_manager: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    managers: dict[str, Employee] = {}
+    for interview_id, employee, manager in rows:
+        recipients.append(
+            Recipient.person(
+                Role.employee,
+                employee,
+                context={"interview_id": interview_id, "manager_name": manager.name},
+                link=TaskLink("interview", f"interview:{interview_id}"),
+            )
+        )
+        managers[manager.id] = manager
+        by_manager[manager.id].append(
+            {"interview_id": interview_id, "employee_id": employee.id, "name": employee.name}
+        )
+    for manager_id, interviews in by_manager.items():
+        recipients.append(
+            Recipient.person(
+                Role.manager,
+                managers[manager_id],
+                context={"interviews": interviews},
+                link=TaskLink("interviews", occurrence),
+                occurrence=f"{occurrence}:manager",
+            )
+        )
+    return recipients
+
+
+# ---------------------------------------------------------------- services
+
+
+def record_interview(
+    session: Session, interview_id: int, *, summary: str, root_causes: str, actor: str
+) -> Interview:
+    """The manager records the one-to-one: what was discussed and the root causes found."""
+    interview = _get_interview(session, interview_id)
+    problems: list[Problem] = []
+    if actor != interview.manager_id:
+        problems.append(
+            Problem(
+                f"only the employee's manager ({interview.manager_id}) may record this "
+                f"interview, not {actor!r}",
+                field="actor",
+            )
+        )
+    if interview.state not in RECORDABLE:
+        problems.append(
+            Problem(
+                f"the interview is {interview.state}; it can no longer be recorded", field="state"
+            )
+        )
+    if not isinstance(summary, str) or not summary.strip():
+        problems.append(Problem("a summary of the interview is required", field="summary"))
+    if not isinstance(root_causes, str):
+        problems.append(Problem("root causes must be text", field="root_causes"))
+    if problems:
+        raise InvalidInput(problems)
+
+    before = _snapshot(interview)
+    first_time = interview.state == "scheduled"
+    interview.summary = summary.strip()
+    interview.root_causes = root_causes.strip()
+    interview.state = "held"
+    if first_time:
+        interview.held_at = clock.now()
+    audit.record(
+        session,
+        actor=actor,
+        action="interview.recorded" if first_time else "interview.corrected",
+        subject=f"interview:{interview.id}",
+        cycle_id=interview.cycle_id,
+        before=before,
+        after=_snapshot(interview),
+    )
+    _notify_recorded(session, interview)
+    return interview
+
+
+def acknowledge_interview(session: Session, interview_id: int, *, actor: str) -> Interview:
+    """The employee confirms the interview took place as recorded."""
+    interview = _get_interview(session, interview_id)
+    problems: list[Problem] = []
+    if actor != interview.employee_id:
+        problems.append(
+            Problem(
+                f"only the interviewed employee ({interview.employee_id}) may acknowledge it, "
+                f"not {actor!r}",
+                field="actor",
+            )
+        )
+    if interview.state != "held":
+        problems.append(
+            Problem(
+                f"the interview is {interview.state}; only a held interview can be acknowledged",
+                field="state",
+            )
+        )
+    if problems:
+        raise InvalidInput(problems)
+
+    before = _snapshot(interview)
+    interview.state = "acknowledged"
+    interview.acknowledged_at = clock.now()
+    audit.record(
+        session,
+        actor=actor,
+        action="interview.acknowledged",
+        subject=f"interview:{interview.id}",
+        cycle_id=interview.cycle_id,
+        before=before,
+        after=_snapshot(interview),
+    )
+    return interview
+
+
+def _get_interview(session: Session, interview_id: int) -> Interview:
+    interview = session.get(Interview, interview_id)
+    if interview is None:
+        raise InvalidInput([Problem(f"no interview {interview_id}", field="interview_id")])
+    return interview
+
+
+def _snapshot(interview: Interview) -> dict[str, Any]:
+    return {
+        "state": interview.state,
+        "summary": interview.summary,
+        "root_causes": interview.root_causes,
+        "held_at": interview.held_at.isoformat() if interview.held_at else None,
+        "acknowledged_at": (
+            interview.acknowledged_at.isoformat() if interview.acknowledged_at else None
+        ),
+    }
+
+
+def _notify_recorded(session: Session, interview: Interview) -> None:
+    """Tells the employee the record is there to read and acknowledge."""
+    employee = session.get_one(Employee, interview.employee_id)
+    cycle = session.get_one(Cycle, interview.cycle_id)
+    stage = stage_of(session, cycle.id, StageName.interview)
+    notify(
+        session,
+        cycle,
+        policy_of(cycle),
+        "interview_recorded",
+        [
+            Recipient.person(
+                Role.employee,
+                employee,
+                link=TaskLink("interview_ack", f"interview:{interview.id}"),
+            )
+        ],
+        f"interview-recorded:{interview.id}",
+        {"interview_id": interview.id},
+        due_at=stage.due_at if stage else None,
+    )

@@ -1,5 +1,0 @@
-"""One module per stage. Each exposes a `Handler` following `perfcycle.stages.base.StageHandler`.
-
-The engine (perfcycle.engine) opens a stage, asks its handler to enter, polls its progress, and
-closes it; the handler owns the stage's records. Every method must be idempotent.
-"""

@@ -1,0 +1,381 @@
+"""Goal setting: the employee reviews and signs their goals; the manager approves or returns them.
+
+Links: `goals` (the employee's sheet) and `goals_approval` (a manager's digest) both open
+/goals?cycle=ID. Signing goes through perfcycle.domain.stages.target_setting; this module only
+checks
+that the stage still accepts signatures and says why when it does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
+
+from perfcycle.core import clock
+from perfcycle.core.errors import InvalidInput, NotAllowed, Problem
+from perfcycle.domain import engine
+from perfcycle.domain.models import Cycle, StageName
+from perfcycle.domain.stages.target_setting import (
+    PERSONAL_FIELDS,
+    approve_goals,
+    last_return,
+    return_goals,
+    save_personal_goals,
+    set_target,
+    submit_goals,
+)
+from perfcycle.notifications.render import stage_title
+from perfcycle.web import i18n, services
+from perfcycle.web.deps import (
+    CsrfForm,
+    PageError,
+    SessionDep,
+    ViewerDep,
+    consume_task_token,
+    locale_of,
+    render,
+    resume_when_complete,
+    session_task_token,
+)
+
+router = APIRouter()
+
+i18n.add_messages(
+    {
+        "pages.cycle_label": {"zh-CN": "考核周期 {id} · {period}", "en": "Cycle {id} · {period}"},
+        "pages.no_such_cycle": {"zh-CN": "找不到考核周期 {id}。", "en": "There is no cycle {id}."},
+        "pages.due_at": {"zh-CN": "截止时间：{when}", "en": "Deadline: {when}"},
+        "pages.stage_closed": {"zh-CN": "阶段已结束", "en": "This stage is closed"},
+        "pages.stage_closed_text": {
+            "zh-CN": "“{stage}”阶段已于 {when} 截止，提交未被接受，未做任何更改。",
+            "en": "The {stage} stage closed at {when}; the submission was not accepted and "
+            "nothing was changed.",
+        },
+        "goals.title": {"zh-CN": "绩效目标", "en": "Goals"},
+        "goals.mine": {"zh-CN": "我的目标", "en": "My goals"},
+        "goals.team": {"zh-CN": "团队目标审批", "en": "Your team's goals"},
+        "goals.none": {"zh-CN": "您在本周期没有目标。", "en": "You have no goals in this cycle."},
+        "goals.indicator": {"zh-CN": "指标", "en": "Indicator"},
+        "goals.category": {"zh-CN": "类别", "en": "Category"},
+        "goals.target": {"zh-CN": "目标值", "en": "Target"},
+        "goals.weight": {"zh-CN": "权重", "en": "Weight"},
+        "goals.locked": {"zh-CN": "锁定（政策规定）", "en": "locked (set by the policy)"},
+        "goals.total_weight": {"zh-CN": "权重合计：{total}%", "en": "Total weight: {total}%"},
+        "goals.state.proposed": {"zh-CN": "待员工确认", "en": "waiting for the employee"},
+        "goals.state.submitted": {"zh-CN": "待经理审批", "en": "waiting for the manager"},
+        "goals.state.agreed": {"zh-CN": "已达成一致", "en": "agreed"},
+        "goals.state.none": {"zh-CN": "无目标", "en": "no goals"},
+        "goals.signed_employee": {
+            "zh-CN": "员工签署：{when}",
+            "en": "Signed by the employee: {when}",
+        },
+        "goals.signed_manager": {
+            "zh-CN": "经理签署：{when}",
+            "en": "Signed by the manager: {when}",
+        },
+        "goals.not_signed": {"zh-CN": "未签署", "en": "not signed"},
+        "goals.submit": {"zh-CN": "确认并提交给经理", "en": "Sign and send to my manager"},
+        "goals.approve": {"zh-CN": "批准", "en": "Approve"},
+        "goals.return": {"zh-CN": "退回修改", "en": "Return"},
+        "goals.return_comment": {"zh-CN": "退回原因（必填）", "en": "Why (required)"},
+        "goals.no_team": {
+            "zh-CN": "本周期没有需要您审批的下属目标。",
+            "en": "None of your reports take part in this cycle.",
+        },
+        "goals.saved": {"zh-CN": "已保存。", "en": "Saved."},
+        "goals.returned_by": {
+            "zh-CN": "{manager} 于 {when} 退回了您的目标，原因：",
+            "en": "{manager} returned your goals on {when}, saying:",
+        },
+        "goals.personal": {"zh-CN": "个人目标", "en": "Personal goal"},
+        "goals.personal_title": {
+            "zh-CN": "我的个人目标（SMART）",
+            "en": "My personal goals (SMART)",
+        },
+        "goals.personal_intro": {
+            "zh-CN": "最多 {max} 个，计入“{category}”类别；权重合计必须为 {weight}%。"
+            "目标应具体、可衡量、可实现、相关并有期限。留空的行不会保存。",
+            "en": "Up to {max}, scored in {category}; their weights must add up to {weight}%. "
+            "Make each specific, measurable, achievable, relevant and time-bound. Blank rows "
+            "are not saved.",
+        },
+        "goals.personal_min": {
+            "zh-CN": "提交前至少需要 {min} 个个人目标。",
+            "en": "At least {min} personal goals are needed before you sign.",
+        },
+        "goals.field.title": {"zh-CN": "目标（做什么）", "en": "Goal (what)"},
+        "goals.field.measure": {"zh-CN": "衡量方式", "en": "Measure"},
+        "goals.field.target": {"zh-CN": "目标值", "en": "Target"},
+        "goals.field.deadline": {"zh-CN": "完成期限", "en": "Deadline"},
+        "goals.field.weight": {"zh-CN": "权重 %", "en": "Weight %"},
+        "goals.my_target": {"zh-CN": "我的目标值", "en": "My target"},
+        "goals.save_changes": {"zh-CN": "保存修改", "en": "Save changes"},
+        "goals.fix_errors": {
+            "zh-CN": "请修改标出的问题，尚未保存任何内容。",
+            "en": "Please correct the marked fields; nothing was saved yet.",
+        },
+        "goals.edit_then_sign": {
+            "zh-CN": "修改保存后再确认提交；提交后只有经理退回才能再修改。",
+            "en": "Save your changes, then sign. After signing, only a return by your manager "
+            "reopens the sheet.",
+        },
+    }
+)
+
+
+def load_cycle(session: Session, request: Request, cycle_id: int) -> Cycle:
+    cycle = services.cycle_or_none(session, cycle_id)
+    if cycle is None:
+        message = i18n.translate("pages.no_such_cycle", locale_of(request), id=cycle_id)
+        raise PageError(404, "not_found", message)
+    return cycle
+
+
+def form_int(form: FormData, name: str) -> int:
+    value = form.get(name)
+    if not isinstance(value, str) or not value.strip().isdigit():
+        raise PageError(400, "bad_form", f"{name}: expected a number, got {value!r}")
+    return int(value)
+
+
+def form_text(form: FormData, name: str) -> str:
+    value = form.get(name, "")
+    return value if isinstance(value, str) else ""
+
+
+def require_open_stage(session: Session, request: Request, cycle: Cycle, stage: str) -> None:
+    """Refuse (409) a submission to a stage that is closed or past its deadline."""
+    inst = services.stage_instance(session, cycle.id, stage)
+    now = clock.now()
+    if inst is not None and inst.state == "open" and now < inst.due_at:
+        return
+    when = (inst.closed_at or inst.due_at) if inst is not None else now
+    message = i18n.translate(
+        "pages.stage_closed_text",
+        locale_of(request),
+        stage=stage_title(stage, locale_of(request)),
+        when=when.strftime("%Y-%m-%d %H:%M UTC"),
+    )
+    raise PageError(409, "pages.stage_closed", message)
+
+
+def use_up_link(session: Session, request: Request, task_kind: str, cycle_id: int) -> None:
+    """Use up the task's link this browser came from, if it is still unused.
+
+    Once used, the link has done its job; the signed session carries on (a returned sheet is
+    signed again, a manager approves a late report), so an already used link is no refusal here.
+    """
+    row = session_task_token(session, request, task_kind, cycle_id)
+    if row is not None and row.used_at is None:
+        consume_task_token(session, request, task_kind, cycle_id)
+
+
+def invalid(exc: InvalidInput, locale: str) -> PageError:
+    message = "; ".join(i18n.problem_text(p, locale) for p in exc.problems)
+    if isinstance(exc, NotAllowed):
+        return PageError(403, "forbidden", message)
+    return PageError(422, "invalid_input", message)
+
+
+@router.get("/goals", response_class=HTMLResponse)
+def goals_page(
+    request: Request,
+    cycle: int,
+    session: SessionDep,
+    viewer: ViewerDep,
+) -> HTMLResponse:
+    the_cycle = load_cycle(session, request, cycle)
+    return render_goals(
+        request,
+        session,
+        the_cycle,
+        viewer.person_id,
+        Edits.saved_on(session, the_cycle.id, viewer.person_id),
+    )
+
+
+@dataclass
+class Edits:
+    """What the employee's edit form shows: saved values, or what they typed when refused."""
+
+    personal: list[dict[str, str]]
+    targets: dict[str, str]
+    errors: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def saved_on(cls, session: Session, cycle_id: int, employee_id: str) -> Edits:
+        sheet = services.goal_sheet(session, cycle_id, employee_id)
+        personal = [
+            {
+                "title": g.title,
+                "measure": g.measure or "",
+                "target": _num(g.target),
+                "deadline": g.deadline.isoformat() if g.deadline else "",
+                "weight": _num(g.weight),
+            }
+            for g in sheet.personal
+        ]
+        targets = {g.indicator_id: _num(g.target) for g in sheet.goals if not g.locked}
+        return cls(personal, targets)
+
+    @classmethod
+    def typed_in(cls, form: FormData, rows: int) -> Edits:
+        personal = [
+            {f: form_text(form, f"personal.{n}.{f}") for f in PERSONAL_FIELDS}
+            for n in range(1, rows + 1)
+        ]
+        targets = {
+            key.removeprefix("target."): value
+            for key, value in form.multi_items()
+            if key.startswith("target.") and isinstance(value, str)
+        }
+        return cls(personal, targets)
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+def render_goals(
+    request: Request,
+    session: Session,
+    cycle: Cycle,
+    person_id: str,
+    edits: Edits,
+    status_code: int = 200,
+) -> HTMLResponse:
+    stage = services.stage_instance(session, cycle.id, StageName.target_setting)
+    accepting = stage is not None and stage.state == "open" and clock.now() < stage.due_at
+    policy = engine.cycle_policy(cycle) if cycle.policy_snapshot else None
+    share = policy.personal_goals if policy else None
+    locale = locale_of(request)
+    category_names = {c.id: c.name.get(locale) for c in policy.categories} if policy else {}
+    # The sheet keeps the titles as signed; the page names the policy's indicators in the
+    # reader's language.
+    indicator_names = {i.id: i.name.get(locale) for i in policy.indicators} if policy else {}
+    category = category_names.get(share.category or "", "") if share and share.max else ""
+    # Blank rows up to the policy's maximum, so adding a goal needs no script.
+    rows = edits.personal + [dict.fromkeys(PERSONAL_FIELDS, "")] * (
+        (share.max if share else 0) - len(edits.personal)
+    )
+    returned = last_return(session, cycle.id, person_id)
+    return render(
+        request,
+        "goals.html",
+        {
+            "cycle": cycle,
+            "mine": services.goal_sheet(session, cycle.id, person_id),
+            "returned": returned,
+            "category_names": category_names,
+            "indicator_names": indicator_names,
+            "returned_by": services.names_of(session, {returned.by}).get(returned.by, returned.by)
+            if returned
+            else "",
+            "team": services.team_goal_sheets(session, cycle.id, person_id),
+            "stage": stage,
+            "accepting": accepting,
+            "saved": request.query_params.get("saved") == "1",
+            "share": share,
+            "share_category": category,
+            "rows": rows,
+            "targets": edits.targets,
+            "errors": edits.errors,
+        },
+        status_code=status_code,
+    )
+
+
+@router.post("/goals/edit", response_model=None)
+def edit(
+    request: Request,
+    session: SessionDep,
+    viewer: ViewerDep,
+    form: CsrfForm,
+) -> Response:
+    """Save the employee's own targets (unlocked indicators) and personal goals, all or nothing."""
+    cycle = load_cycle(session, request, form_int(form, "cycle"))
+    require_open_stage(session, request, cycle, StageName.target_setting)
+    share = engine.cycle_policy(cycle).personal_goals
+    edits = Edits.typed_in(form, share.max)
+    sheet = services.goal_sheet(session, cycle.id, viewer.person_id)
+    problems: list[Problem] = []
+    for indicator_id, typed in edits.targets.items():
+        saved = next((g for g in sheet.goals if g.indicator_id == indicator_id), None)
+        if saved is not None and typed.strip() == _num(saved.target):
+            continue  # unchanged: no audit event for a target nobody touched
+        try:
+            set_target(
+                session, cycle.id, viewer.person_id, indicator_id, typed, actor=viewer.person_id
+            )
+        except InvalidInput as exc:
+            problems.extend(exc.problems)
+    if share.max:
+        try:
+            save_personal_goals(
+                session, cycle.id, viewer.person_id, edits.personal, actor=viewer.person_id
+            )
+        except InvalidInput as exc:
+            problems.extend(exc.problems)
+    if problems:
+        session.rollback()
+        for problem in problems:
+            text = i18n.problem_text(problem, locale_of(request))
+            edits.errors.setdefault(problem.field or "", []).append(text)
+        return render_goals(request, session, cycle, viewer.person_id, edits, status_code=422)
+    return RedirectResponse(f"/goals?cycle={cycle.id}&saved=1", status_code=303)
+
+
+@router.post("/goals/submit")
+def submit(
+    request: Request,
+    session: SessionDep,
+    viewer: ViewerDep,
+    form: CsrfForm,
+) -> Response:
+    cycle = load_cycle(session, request, form_int(form, "cycle"))
+    require_open_stage(session, request, cycle, StageName.target_setting)
+    try:
+        submit_goals(session, cycle.id, viewer.person_id, actor=viewer.person_id)
+    except InvalidInput as exc:
+        raise invalid(exc, locale_of(request)) from exc
+    use_up_link(session, request, "goals", cycle.id)
+    return RedirectResponse(f"/goals?cycle={cycle.id}&saved=1", status_code=303)
+
+
+@router.post("/goals/review")
+def review(
+    request: Request,
+    session: SessionDep,
+    viewer: ViewerDep,
+    form: CsrfForm,
+) -> Response:
+    """The manager approves (decision=approve) or returns (decision=return, comment) one sheet."""
+    cycle = load_cycle(session, request, form_int(form, "cycle"))
+    employee_id = form_text(form, "employee")
+    decision = form_text(form, "decision")
+    if decision not in ("approve", "return"):
+        raise PageError(400, "bad_form", f"decision: expected approve or return, got {decision!r}")
+    require_open_stage(session, request, cycle, StageName.target_setting)
+    try:
+        if decision == "approve":
+            approve_goals(session, cycle.id, employee_id, actor=viewer.person_id)
+        else:
+            comment = form_text(form, "comment")
+            return_goals(session, cycle.id, employee_id, comment=comment, actor=viewer.person_id)
+    except InvalidInput as exc:
+        raise invalid(exc, locale_of(request)) from exc
+    # The approval link lists the whole team: it is used up when nothing is left to review.
+    waiting = [
+        s
+        for s in services.team_goal_sheets(session, cycle.id, viewer.person_id)
+        if s.state == "submitted"
+    ]
+    if not waiting:
+        use_up_link(session, request, "goals_approval", cycle.id)
+    if decision == "approve":
+        resume_when_complete(request, session, cycle)
+    return RedirectResponse(f"/goals?cycle={cycle.id}&saved=1", status_code=303)
