@@ -145,6 +145,7 @@ def cmd_cycle_decide(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
+    from perfcycle.domain.reports import results_text
     from perfcycle.domain.results import results_table
 
     with _session() as session:
@@ -157,22 +158,8 @@ def cmd_results(args: argparse.Namespace) -> int:
     elif args.csv:
         print_results_csv(rows, sys.stdout)
     else:
-        print_results_table(rows)
+        print(results_text(rows))
     return 0
-
-
-def print_results_table(rows: Sequence[dict[str, Any]]) -> None:
-    if not rows:
-        print("no results yet")
-        return
-    cats = list(rows[0]["categories"])
-    print(f"{'employee':<10} " + " ".join(f"{c[:10]:>10}" for c in cats) + f" {'total':>7}  grade")
-    for r in rows:
-        print(
-            f"{r['employee_id']:<10} "
-            + " ".join(f"{r['categories'][c]:>10.1f}" for c in cats)
-            + f" {r['total']:>7.1f}  {r['grade']}"
-        )
 
 
 def print_results_csv(rows: Sequence[dict[str, Any]], out: Any) -> None:

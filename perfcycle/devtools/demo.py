@@ -380,10 +380,10 @@ def drive(cycle_ids: list[int], player: Player, timeout_s: float = 600) -> None:
 def demo_command(args: argparse.Namespace) -> int:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from perfcycle.cli.main import print_results_table
     from perfcycle.core.settings import get_settings
     from perfcycle.devtools.devstack import Stack
     from perfcycle.domain import audit
+    from perfcycle.domain.reports import results_text
     from perfcycle.domain.results import results_table
     from perfcycle.orchestration.client import launch
 
@@ -411,7 +411,7 @@ def demo_command(args: argparse.Namespace) -> int:
             for cycle_id in cycle_ids:
                 cycle = engine.get_cycle(session, cycle_id)
                 print(f"\nCycle {cycle.id} — {cycle.policy} {cycle.period}: {cycle.state}")
-                print_results_table(results_table(session, cycle_id))
+                print(results_text(results_table(session, cycle_id)))
             report = audit.verify(session)
         print(f"\nAudit chain: {'OK' if report.ok else 'BROKEN'} ({report.checked} events)")
         print(

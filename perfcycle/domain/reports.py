@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from perfcycle.domain.models import Cycle, StageInstance
@@ -48,3 +49,19 @@ def stage_markdown(
     for key, value in section.items():
         lines.append(f"| {key} | {_cell(value)} |")
     return "\n".join(lines) + "\n"
+
+
+def results_text(rows: Sequence[dict[str, Any]]) -> str:
+    """A cycle's results (perfcycle.domain.results.results_table) as a fixed-width table."""
+    if not rows:
+        return "no results yet"
+    cats = list(rows[0]["categories"])
+    header = " ".join(f"{c[:10]:>10}" for c in cats)
+    lines = [f"{'employee':<10} {header} {'total':>7}  grade"]
+    for r in rows:
+        lines.append(
+            f"{r['employee_id']:<10} "
+            + " ".join(f"{r['categories'][c]:>10.1f}" for c in cats)
+            + f" {r['total']:>7.1f}  {r['grade']}"
+        )
+    return "\n".join(lines)
