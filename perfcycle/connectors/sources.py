@@ -13,7 +13,6 @@ agent's evidence stays small.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -22,12 +21,13 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from perfcycle.connectors.csv import CsvRow, read_csv, required_problems
 from perfcycle.core.errors import InvalidInput, Problem
 from perfcycle.domain.policy import CsvSource, SqlSource
 
@@ -35,7 +35,7 @@ Source = CsvSource | SqlSource
 
 SQL_COLUMNS = ("employee_id", "metric", "value", "evidence")
 CSV_REQUIRED = ("employee_id", "metric", "value")
-CSV_COLUMNS = (*CSV_REQUIRED, "evidence")
+CSV_OPTIONAL = ("evidence",)
 _ENV_VAR = re.compile(r"\$\{([^}]*)\}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # At most this many ids of one evidence list are kept; `<key>_more` counts the rest.
@@ -138,119 +138,61 @@ class CsvMetric:
     evidence: dict[str, Any]
 
 
-def read_metrics_csv(path: str | Path) -> list[CsvMetric]:
-    """Every row of an employee_id,metric,value[,evidence] file, or InvalidInput naming each
-    bad row by file, line and field. Two values for the same employee and metric are an error."""
-    rows, problems = parse_metrics_csv(path)
-    if problems:
-        raise InvalidInput(problems)
-    return rows
-
-
 def parse_metrics_csv(path: str | Path) -> tuple[list[CsvMetric], list[Problem]]:
-    """The good rows and the problems of the bad ones, so callers can add their own checks."""
+    """The good rows of an employee_id,metric,value[,evidence] file and the problems of the bad
+    ones, each by file, line and field, so that callers can add their own checks before raising.
+    Two values for the same employee and metric are a problem. An unreadable file or a bad header
+    raises InvalidInput."""
     name = str(path)
-    try:
-        with Path(path).open(newline="", encoding="utf-8-sig") as f:
-            return _parse_metrics_csv(f, name)
-    except InvalidInput as exc:
-        return [], exc.problems
-    except FileNotFoundError:
-        return [], [Problem("file not found", file=name)]
-    except OSError as exc:
-        return [], [Problem(f"cannot read the file ({exc.strerror})", file=name)]
-    except UnicodeDecodeError as exc:
-        return [], [Problem(f"not UTF-8 text ({exc.reason})", file=name)]
-    except csv.Error as exc:
-        return [], [Problem(f"not a readable CSV file ({exc})", file=name)]
-
-
-def _csv_header(header: list[str] | None, name: str) -> list[str]:
-    if header is None:
-        raise InvalidInput([Problem("the file is empty; expected a header row", file=name, line=1)])
-    columns = [c.strip() for c in header]
-    problems = [
-        Problem(f"missing column {col!r}", file=name, line=1, field=col)
-        for col in CSV_REQUIRED
-        if col not in columns
-    ]
-    problems += [
-        Problem(f"unknown column (expected {', '.join(CSV_COLUMNS)})", file=name, line=1, field=c)
-        for c in columns
-        if c not in CSV_COLUMNS
-    ]
-    if len(set(columns)) != len(columns):
-        problems.append(Problem("a column appears twice", file=name, line=1))
-    if problems:
-        raise InvalidInput(problems)
-    return columns
-
-
-def _parse_metrics_csv(f: TextIO, name: str) -> tuple[list[CsvMetric], list[Problem]]:
-    reader = csv.reader(f)
-    columns = _csv_header(next(reader, None), name)
-    problems: list[Problem] = []
-    rows: list[CsvMetric] = []
+    rows, problems = read_csv(path, CSV_REQUIRED, optional=CSV_OPTIONAL)
+    metrics: list[CsvMetric] = []
     first_line: dict[tuple[str, str], int] = {}
-    for cells in reader:
-        # The line a record ends on: the same as where it starts unless a quoted cell spans lines.
-        line = reader.line_num
-        if not any(c.strip() for c in cells):
+    for row in rows:
+        metric = _csv_metric(row, name)
+        if isinstance(metric, list):
+            problems += metric
             continue
-        if len(cells) != len(columns):
-            problems.append(
-                Problem(f"{len(cells)} cells, the header has {len(columns)}", file=name, line=line)
-            )
-            continue
-        record = dict(zip(columns, (c.strip() for c in cells), strict=True))
-        row_problems = _csv_row_problems(record, name, line)
-        if row_problems:
-            problems += row_problems
-            continue
-        key = (record["employee_id"], record["metric"])
+        key = (metric.employee_id, metric.metric)
         if key in first_line:
             problems.append(
                 Problem(
                     f"second value for {key[0]} {key[1]} (first on line {first_line[key]})",
-                    file=name,
-                    line=line,
-                    field="metric",
+                    name,
+                    row.line,
+                    "metric",
                 )
             )
             continue
-        first_line[key] = line
-        rows.append(
-            CsvMetric(
-                line,
-                record["employee_id"],
-                record["metric"],
-                _number(record["value"]),
-                _evidence(record.get("evidence")),
-            )
-        )
-    return rows, problems
+        first_line[key] = row.line
+        metrics.append(metric)
+    return metrics, sorted(problems, key=lambda p: p.line or 0)
 
 
-def _csv_row_problems(record: dict[str, str], name: str, line: int) -> list[Problem]:
-    problems = [
-        Problem("is empty", file=name, line=line, field=col)
-        for col in ("employee_id", "metric")
-        if not record[col]
-    ]
+def _csv_metric(row: CsvRow, name: str) -> CsvMetric | list[Problem]:
+    """The row as a value, or every problem with it."""
+    v = row.values
+    problems = required_problems(row, CSV_REQUIRED, name)
+    value = evidence = None
     try:
-        _number(record["value"])
+        # A blank value is already reported as required; calling it "not a number" says it twice.
+        value = _number(v["value"]) if v["value"] else None
     except ValueError as exc:
-        problems.append(Problem(str(exc), file=name, line=line, field="value"))
+        problems.append(Problem(str(exc), name, row.line, "value"))
     try:
-        _evidence(record.get("evidence"))
+        evidence = _evidence(v["evidence"])
     except ValueError as exc:
-        problems.append(Problem(str(exc), file=name, line=line, field="evidence"))
-    return problems
+        problems.append(Problem(str(exc), name, row.line, "evidence"))
+    if problems or value is None or evidence is None:
+        return problems
+    return CsvMetric(row.line, v["employee_id"], v["metric"], value, evidence)
 
 
 def _collect_csv(
     source: CsvSource, period_start: date, period_end: date, employee_ids: Collection[str]
 ) -> list[MetricRow]:
+    records, problems = parse_metrics_csv(source.path)
+    if problems:
+        raise InvalidInput(problems)
     return [
         MetricRow(
             r.employee_id,
@@ -264,7 +206,7 @@ def _collect_csv(
                 "line": r.line,
             },
         )
-        for r in read_metrics_csv(source.path)
+        for r in records
         if r.employee_id in employee_ids
     ]
 

@@ -6,10 +6,8 @@ missing from the file are deactivated, never deleted, because past cycles refere
 
 from __future__ import annotations
 
-import csv
-import io
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from perfcycle.connectors.csv import CsvRow, read_csv, required_problems
 from perfcycle.core.errors import InvalidInput, Problem
 from perfcycle.domain import audit
 from perfcycle.domain.models import Department, DepartmentType, Employee
@@ -48,12 +47,6 @@ DEPARTMENT_TYPES = {t.value for t in DepartmentType}
 
 
 @dataclass(frozen=True)
-class CsvRow:
-    line: int
-    values: dict[str, str]
-
-
-@dataclass(frozen=True)
 class OrgImportReport:
     created: int
     updated: int
@@ -76,79 +69,12 @@ class OrgRow:
     locale: str
 
 
-# ---------------------------------------------------------------- reading CSV
-
-
-def _decode(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise InvalidInput(
-            [Problem(f"not UTF-8 text (byte {exc.start}); save the file as UTF-8", str(path), line)]
-        ) from exc
-
-
-def _header_problems(header: list[str], columns: Sequence[str], file: str) -> list[Problem]:
-    problems = [Problem(f"missing column {c!r}", file, 1, c) for c in columns if c not in header]
-    problems += [
-        Problem(f"unknown column {c!r}; expected {', '.join(columns)}", file, 1, c or None)
-        for c in header
-        if c not in columns
-    ]
-    problems += [
-        Problem(f"column {c!r} appears twice", file, 1, c)
-        for i, c in enumerate(header)
-        if c in header[:i]
-    ]
-    return problems
-
-
-def read_csv(path: Path, columns: Sequence[str]) -> tuple[list[CsvRow], list[Problem]]:
-    """Rows of a UTF-8 CSV (BOM optional) whose header names exactly `columns`, in any order.
-
-    Each row carries the physical line it starts on (the header is line 1), so errors can point
-    at it even when a quoted field spans lines. Rows with the wrong number of fields come back as
-    problems; a bad header or an unreadable file raises InvalidInput at once.
-    """
-    file = str(path)
-    try:
-        text = _decode(path)
-    except OSError as exc:
-        raise InvalidInput([Problem(f"cannot read the file: {exc.strerror}", file)]) from exc
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = [h.strip().lower() for h in next(reader, [])]
-        if not any(header):
-            raise InvalidInput([Problem(f"no header line; expected {', '.join(columns)}", file, 1)])
-        header_problems = _header_problems(header, columns, file)
-        if header_problems:
-            raise InvalidInput(header_problems)
-        rows: list[CsvRow] = []
-        problems: list[Problem] = []
-        line = reader.line_num + 1
-        for record in reader:
-            if any(field.strip() for field in record):
-                if len(record) != len(header):
-                    problems.append(
-                        Problem(f"{len(record)} fields, the header has {len(header)}", file, line)
-                    )
-                else:
-                    values = {h: v.strip() for h, v in zip(header, record, strict=True)}
-                    rows.append(CsvRow(line, values))
-            line = reader.line_num + 1
-    except csv.Error as exc:
-        raise InvalidInput([Problem(f"not valid CSV: {exc}", file, reader.line_num)]) from exc
-    return rows, problems
-
-
 # ---------------------------------------------------------------- validation
 
 
 def _field_problems(row: CsvRow, file: str) -> list[Problem]:
     v = row.values
-    problems = [Problem(f"{c} is required", file, row.line, c) for c in REQUIRED if not v[c]]
+    problems = required_problems(row, REQUIRED, file)
     problems += [
         Problem(f"longer than {n} characters", file, row.line, c)
         for c, n in MAX_LENGTH.items()

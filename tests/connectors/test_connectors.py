@@ -332,7 +332,7 @@ def test_csv_bad_rows_are_all_reported_with_line_and_field(tmp_path: Path) -> No
     assert "first on line 2" in messages[0]
     assert "'abc' is not a number" in messages[2]
     assert "not a finite number" in messages[3]
-    assert "2 cells, the header has 4" in messages[6]
+    assert "2 fields, the header has 4" in messages[6]
     assert str(err.value).splitlines()[0] == (
         f"{path}:3: metric: second value for E1 fcr_pct (first on line 2)"
     )

@@ -17,6 +17,7 @@ from sqlalchemy import Table, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from perfcycle.connectors.csv import read_csv
 from perfcycle.core import clock
 from perfcycle.core.db import insert_ignore
 from perfcycle.core.errors import InvalidInput, Problem
@@ -32,7 +33,6 @@ from perfcycle.domain.models import (
     StageInstance,
     StageName,
 )
-from perfcycle.domain.org import read_csv
 from perfcycle.domain.policy import Policy, RatedIndicator, Role
 from perfcycle.domain.stages.base import PendingTask, Progress
 from perfcycle.domain.stages.target_setting import PersonalGoalItem, personal_goal_items
