@@ -338,6 +338,25 @@ def test_csv_bad_rows_are_all_reported_with_line_and_field(tmp_path: Path) -> No
     )
 
 
+def test_csv_values_name_the_line_their_row_starts_on(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "multi.csv",
+        "\ufeffEvidence,employee_id,metric,value\n"
+        '"{""note"":\n""re-survey""}",E1,fcr_pct,80\n'  # lines 2-3
+        ",E2,fcr_pct,81\n"  # 4
+        ",E3,fcr_pct,\n",  # 5
+    )
+    source = CsvSource(kind="csv", id="manual", path=str(path))
+    with pytest.raises(InvalidInput) as err:
+        collect([source], START, END, {"E1", "E2", "E3"})
+    assert [str(p) for p in err.value.problems] == [f"{path}:5: value: value is required"]
+
+    path.write_text(path.read_text(encoding="utf-8").replace(",E3,fcr_pct,\n", ""))
+    rows = {r.employee_id: r for r in collect([source], START, END, {"E1", "E2"}).rows}
+    assert rows["E1"].evidence["note"] == "re-survey" and rows["E1"].evidence["line"] == 2
+    assert rows["E2"].evidence["line"] == 4
+
+
 def test_csv_header_and_missing_file(tmp_path: Path) -> None:
     path = _write(tmp_path / "h.csv", "employee,metric,valeu\nE1,x,1\n")
     with pytest.raises(InvalidInput) as err:
