@@ -129,7 +129,7 @@ def parse_raters(specs: Sequence[str]) -> dict[str, int]:
 
 def write_policy(folder: Path, metrics_csv: Path, raters: dict[str, int]) -> Path:
     """The shipped external-service policy, cut down to go straight to evaluation."""
-    from perfcycle.domain.policy import load_policy
+    from perfcycle.domain.policy.loader import load_policy
 
     data = yaml.safe_load(BASE_POLICY.read_text(encoding="utf-8"))
     data["department_types"] = ALL_DEPARTMENT_TYPES
@@ -176,7 +176,7 @@ def set_up_organisation(url: str, employees: int, folder: str, policy_path: str)
     from perfcycle.core.db import session_scope
     from perfcycle.devtools.demo_data import sample_org, write_org_csv
     from perfcycle.domain.org import import_org_csv
-    from perfcycle.domain.policy import load_policy
+    from perfcycle.domain.policy.loader import load_policy
     from perfcycle.domain.stages.data_collection import needed_metrics
 
     migrate.upgrade(url)
@@ -426,7 +426,7 @@ def run_bench(args: argparse.Namespace, folder: Path) -> Report:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from perfcycle.devtools.devstack import Stack
-    from perfcycle.domain.policy import load_policy
+    from perfcycle.domain.policy.loader import load_policy
 
     url = args.database_url
     raters = parse_raters(args.raters)

@@ -110,6 +110,7 @@ def launch_to_evaluation(url: str) -> int:
     """Open the cycle and step the engine, as the review-cycle flow does, until a stage waits."""
     from perfcycle.core.db import session_scope
     from perfcycle.domain import cycles, engine
+    from perfcycle.domain.policy.snapshot import cycle_policy
 
     with session_scope(url) as session:
         valid = cycles.validate_launch(session, cycles.LaunchRequest(POLICY_NAME, PERIOD, []))
@@ -117,7 +118,7 @@ def launch_to_evaluation(url: str) -> int:
     for _ in range(10):
         with session_scope(url) as session:
             cycle = engine.get_cycle(session, cycle_id)
-            policy = engine.cycle_policy(cycle)
+            policy = cycle_policy(cycle)
             stage = engine.current_stage(session, cycle, policy)
             if stage is None:
                 raise BenchError("the cycle finished without waiting at evaluation")

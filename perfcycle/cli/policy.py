@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from perfcycle.core.settings import get_settings
-from perfcycle.domain.policy import SCHEMA_FILE, PolicyError, export_schema, load_policy
+from perfcycle.domain.policy.jsonschema import SCHEMA_FILE, export_schema
+from perfcycle.domain.policy.loader import PolicyError, load_policy
 
 
 def check_command(files: list[Path]) -> int:

@@ -29,7 +29,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from perfcycle.connectors.csv import CsvRow, read_csv, required_problems
 from perfcycle.core.errors import InvalidInput, Problem
-from perfcycle.domain.policy import CsvSource, SqlSource
+from perfcycle.domain.policy.schema import CsvSource, SqlSource
 
 Source = CsvSource | SqlSource
 

@@ -25,6 +25,7 @@ from perfcycle.core import clock
 from perfcycle.core.db import session_scope
 from perfcycle.domain import engine
 from perfcycle.domain.models import Cycle, MetricValue
+from perfcycle.domain.policy.snapshot import cycle_policy
 
 POLICIES = ["external-service", "internal-service", "professional-support"]
 
@@ -63,7 +64,7 @@ class Player:
             submit_goals,
         )
 
-        share = engine.cycle_policy(cycle).personal_goals
+        share = cycle_policy(cycle).personal_goals
 
         pending = session.execute(
             select(Participant.employee_id, Participant.manager_id).where(
@@ -111,10 +112,10 @@ class Player:
         from statistics import mean
 
         from perfcycle.domain.models import Participant
-        from perfcycle.domain.policy import MetricIndicator, VetoIndicator
+        from perfcycle.domain.policy.schema import MetricIndicator, VetoIndicator
         from perfcycle.domain.stages.data_collection import import_metrics_csv
 
-        policy = engine.cycle_policy(cycle)
+        policy = cycle_policy(cycle)
         needed = sorted(
             {i.metric for i in policy.indicators if isinstance(i, MetricIndicator)}
             | {i.trigger.metric for i in policy.indicators if isinstance(i, VetoIndicator)}
@@ -174,7 +175,7 @@ class Player:
         from perfcycle.domain.models import RaterAssignment
         from perfcycle.domain.stages.evaluation import assignment_items, submit_evaluation
 
-        policy = engine.cycle_policy(cycle)
+        policy = cycle_policy(cycle)
         satisfaction: dict[str, float] = dict(
             session.execute(
                 select(MetricValue.employee_id, MetricValue.value).where(
@@ -203,7 +204,7 @@ class Player:
     def _calibrate(self, session: Session, cycle: Cycle) -> dict[str, Any]:
         from perfcycle.domain.calibration_analytics import anomaly_report
 
-        policy = engine.cycle_policy(cycle)
+        policy = cycle_policy(cycle)
         report = anomaly_report(session, cycle, policy)
         attempt = engine.stage_instances(session, cycle.id)["calibration"].attempt
         outliers = [
@@ -311,7 +312,7 @@ class Player:
                     outcome="upheld",
                     note="complaint records checked; attribution correct",
                     actor="supervision-chair",
-                    policy=engine.cycle_policy(cycle),
+                    policy=cycle_policy(cycle),
                 )
                 filed += 1
             elif ap.state == "open":

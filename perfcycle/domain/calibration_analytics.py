@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from perfcycle.core.errors import InvalidInput, Problem
 from perfcycle.domain.models import Cycle, MetricValue, Result
-from perfcycle.domain.policy import Policy
+from perfcycle.domain.policy.schema import Policy
 
 MIN_FOR_OUTLIERS = 3
 

@@ -17,7 +17,10 @@ from perfcycle.core.db import insert_ignore
 from perfcycle.core.errors import InvalidInput, Problem
 from perfcycle.domain import audit
 from perfcycle.domain.models import Cycle, Department, Employee, Participant
-from perfcycle.domain.policy import Policy, load_policy, policy_digest, policy_path
+from perfcycle.domain.policy.loader import load_policy
+from perfcycle.domain.policy.registry import policy_digest, policy_path
+from perfcycle.domain.policy.schema import Policy
+from perfcycle.domain.policy.snapshot import SNAPSHOT_VERSION, snapshot_of
 
 _PERIOD = re.compile(r"^(?P<year>\d{4})(?:-(?:(?P<q>Q[1-4])|(?P<h>H[12])|(?P<m>\d{2})))?$")
 
@@ -176,7 +179,8 @@ def open_cycle(
     cycle = Cycle(
         policy=launch.policy.id,
         policy_digest=launch.digest,
-        policy_snapshot=launch.policy.model_dump(mode="json", by_alias=True),
+        policy_snapshot=snapshot_of(launch.policy),
+        snapshot_version=SNAPSHOT_VERSION,
         period=req.period,
         period_start=launch.period_start,
         period_end=launch.period_end,

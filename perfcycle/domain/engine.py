@@ -20,9 +20,10 @@ from perfcycle.core.errors import InvalidInput
 from perfcycle.domain import audit
 from perfcycle.domain.cycles import stage_start
 from perfcycle.domain.models import Cycle, StageInstance
-from perfcycle.domain.policy import Extend, Policy, Stage
+from perfcycle.domain.policy.schema import Extend, Policy, Stage
+from perfcycle.domain.policy.snapshot import cycle_policy, cycle_policy_or_none
 from perfcycle.domain.stages.base import Progress, StageHandler
-from perfcycle.notifications.notify import notify, policy_of
+from perfcycle.notifications.notify import notify
 
 # Margin between our deadline and Prefect's own pause timeout: the cycle clock acts first.
 PREFECT_TIMEOUT_MARGIN = timedelta(days=1)
@@ -60,10 +61,6 @@ def handler_for(stage: str) -> StageHandler:
 
 def needs_approval(stage: str) -> bool:
     return bool(getattr(handler_for(stage), "needs_approval", False))
-
-
-def cycle_policy(cycle: Cycle) -> Policy:
-    return Policy.model_validate(cycle.policy_snapshot)
 
 
 def get_cycle(session: Session, cycle_id: int) -> Cycle:
@@ -354,7 +351,7 @@ def _mail_hr(
     notify(
         session,
         cycle,
-        policy_of(cycle),
+        cycle_policy_or_none(cycle),
         event,
         [],
         f"{inst.name}:{inst.attempt}",

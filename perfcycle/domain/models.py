@@ -101,6 +101,9 @@ class Cycle(Base):
     policy_digest: Mapped[str] = mapped_column(String(64))
     # The policy as launched: a cycle keeps its rules even if the file is edited mid-cycle.
     policy_snapshot: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The shape the snapshot was written in (perfcycle/domain/policy/snapshot.py reads every one):
+    # rows from before versioning are 1; new rows today's SNAPSHOT_VERSION, which a test compares.
+    snapshot_version: Mapped[int] = mapped_column(default=2, server_default="1")
     period: Mapped[str] = mapped_column(String(20))
     period_start: Mapped[date] = mapped_column(Date)
     period_end: Mapped[date] = mapped_column(Date)

@@ -28,7 +28,7 @@ from perfcycle.domain.models import (
     RaterAssignment,
     Result,
 )
-from perfcycle.domain.policy import Policy
+from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.scoring import EmployeeScore, PersonalGoal, score_employee_totals
 from perfcycle.domain.stages.target_setting import agreed_targets, personal_goal_items
 

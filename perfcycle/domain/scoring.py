@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from perfcycle.core.errors import InvalidInput, Problem
 from perfcycle.domain.models import RaterType
-from perfcycle.domain.policy import (
+from perfcycle.domain.policy.schema import (
     Indicator,
     LinearDeduction,
     MetricIndicator,

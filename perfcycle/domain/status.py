@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from perfcycle.domain import engine
 from perfcycle.domain.models import Cycle
+from perfcycle.domain.policy.snapshot import cycle_policy
 
 
 def cycle_list(session: Session) -> list[dict[str, Any]]:
@@ -30,7 +31,7 @@ def cycle_list(session: Session) -> list[dict[str, Any]]:
 
 def cycle_status(session: Session, cycle_id: int) -> dict[str, Any]:
     cycle = engine.get_cycle(session, cycle_id)
-    policy = engine.cycle_policy(cycle)
+    policy = cycle_policy(cycle)
     instances = engine.stage_instances(session, cycle_id)
     stages = []
     for stage in policy.stages:

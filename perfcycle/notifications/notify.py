@@ -23,8 +23,9 @@ from sqlalchemy.orm import Session
 from perfcycle.core import clock
 from perfcycle.core.settings import get_settings
 from perfcycle.domain.models import Cycle, OutboxMessage, StageInstance
-from perfcycle.domain.policy import GROUP_ROLES, Notifications, Policy, Role, Text
+from perfcycle.domain.policy.schema import Notifications, Policy, Text
 from perfcycle.notifications import links, outbox
+from perfcycle.notifications.events import GROUP_ROLES, Role
 
 # A task link outlives its deadline: a stage may be extended, and the portal says "closed"
 # better than a dead link does.
@@ -135,11 +136,6 @@ def notify(
         for r in chosen
     ]
     return _enqueue(session, drafts)
-
-
-def policy_of(cycle: Cycle) -> Policy | None:
-    """The cycle's policy as launched; None for a cycle stored without one (old test data)."""
-    return Policy.model_validate(cycle.policy_snapshot) if cycle.policy_snapshot else None
 
 
 def stage_of(session: Session, cycle_id: int, stage: str) -> StageInstance | None:

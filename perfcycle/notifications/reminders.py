@@ -37,8 +37,10 @@ from perfcycle.domain.models import (
     StageInstance,
     StageName,
 )
-from perfcycle.domain.policy import PEOPLE_STAGES, Extend, Policy, Role, Stage
+from perfcycle.domain.policy.schema import Extend, Policy, Stage
+from perfcycle.domain.policy.snapshot import cycle_policy_or_none
 from perfcycle.domain.stages.base import PendingTask, PendingWork
+from perfcycle.notifications.events import PEOPLE_STAGES, Role
 from perfcycle.notifications.notify import (
     GROUP_LOCALE,
     ListedTask,
@@ -47,7 +49,6 @@ from perfcycle.notifications.notify import (
     group,
     hr_standing_in,
     notify,
-    policy_of,
 )
 from perfcycle.notifications.render import display_zone
 
@@ -108,7 +109,7 @@ def open_people_stages(session: Session, cycle_id: int | None = None) -> list[Op
     rows = session.execute(query).tuples()
     found = []
     for cycle, inst in rows:
-        policy = policy_of(cycle)
+        policy = cycle_policy_or_none(cycle)
         handler = engine.handler_for(inst.name)
         if policy is not None and isinstance(handler, PendingWork):
             found.append(OpenStage(cycle, policy, inst, handler))
@@ -388,7 +389,7 @@ def due_checkins(session: Session, now: datetime) -> int:
     ).tuples()
     by_cycle: dict[int, tuple[Cycle, Policy, list[ImprovementPlan]]] = {}
     for plan, opened_at, cycle in rows:
-        policy = policy_of(cycle)
+        policy = cycle_policy_or_none(cycle)
         if policy is None or not policy.notifications.rule("improvement_checkin_due").enabled:
             continue
         remind_from = datetime(

@@ -35,13 +35,14 @@ from perfcycle.domain.models import (
     StageInstance,
     StageName,
 )
-from perfcycle.domain.policy import (
+from perfcycle.domain.policy.schema import (
     MetricIndicator,
     Policy,
     RatedIndicator,
     Text,
     VetoIndicator,
 )
+from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages.target_setting import manager_in_cycle
 from perfcycle.notifications.reminders import describe, open_people_stages
 from perfcycle.web import i18n
@@ -468,7 +469,7 @@ def _shown(rater_type: str, answered: int, threshold: int) -> bool:
 
 
 def transparency(session: Session, cycle: Cycle, employee_id: str) -> Transparency:
-    policy = engine.cycle_policy(cycle)
+    policy = cycle_policy(cycle)
     result = released_result(session, cycle.id, employee_id)
     groups = (
         rater_groups(session, cycle.id, employee_id, policy.anonymity_threshold)
@@ -715,7 +716,7 @@ def _department_counts(session: Session, cycle_id: int, stage: str) -> dict[str,
 
 
 def hr_progress(session: Session, cycle: Cycle, now: datetime, locale: str) -> HrProgress:
-    policy = engine.cycle_policy(cycle)
+    policy = cycle_policy(cycle)
     instances = engine.stage_instances(session, cycle.id)
     departments = dict(session.execute(select(Department.id, Department.name)).tuples().all())
     stages: list[StageProgress] = []

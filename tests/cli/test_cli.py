@@ -33,6 +33,7 @@ from perfcycle.domain.models import (
     RaterAssignment,
     Result,
 )
+from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages.evaluation import items_for
 from tests.support.cycle import (
     DemoOrg,
@@ -129,7 +130,7 @@ def test_cycle_status_json_shape_for_a_finished_and_a_running_cycle(
         "completed",
     )
     with session_scope(demo.url) as session:
-        policy = engine.cycle_policy(engine.get_cycle(session, done))
+        policy = cycle_policy(engine.get_cycle(session, done))
     assert [s["name"] for s in status["stages"]] == [s.name for s in policy.stages]
     for stage in status["stages"]:
         assert set(stage) >= STAGE_KEYS
@@ -169,7 +170,7 @@ def test_results_json_one_object_per_employee(
     rows = run_json(capsys, "results", str(cycle_id), "--json")
 
     with session_scope(demo.url) as session:
-        policy = engine.cycle_policy(engine.get_cycle(session, cycle_id))
+        policy = cycle_policy(engine.get_cycle(session, cycle_id))
         participants = set(
             session.scalars(select(Participant.employee_id).where(Participant.cycle_id == cycle_id))
         )
@@ -303,7 +304,7 @@ def test_evaluations_import_enters_paper_forms(
     cycle_id = launch(demo.url, "internal-service", PERIOD)
     play_until_waiting_at(demo.url, cycle_id, "evaluation")
     with session_scope(demo.url) as session:
-        policy = engine.cycle_policy(engine.get_cycle(session, cycle_id))
+        policy = cycle_policy(engine.get_cycle(session, cycle_id))
         forms = session.scalars(
             select(RaterAssignment)
             .where(RaterAssignment.cycle_id == cycle_id)

@@ -30,7 +30,8 @@ from perfcycle.domain.models import (
     Participant,
     StageInstance,
 )
-from perfcycle.domain.policy import CsvSource, Policy, SqlSource, load_policy
+from perfcycle.domain.policy.loader import load_policy
+from perfcycle.domain.policy.schema import CsvSource, Policy, SqlSource
 from perfcycle.domain.stages import data_collection
 from perfcycle.domain.stages.data_collection import HR_IMPORT, import_metrics_csv, needed_metrics
 

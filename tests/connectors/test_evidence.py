@@ -24,7 +24,8 @@ from perfcycle.core.db import session_scope
 from perfcycle.core.settings import get_settings
 from perfcycle.devtools.demo_data import generate_tickets
 from perfcycle.domain.models import MetricValue
-from perfcycle.domain.policy import SqlSource, load_policy
+from perfcycle.domain.policy.loader import load_policy
+from perfcycle.domain.policy.schema import SqlSource
 from perfcycle.notifications import links
 from perfcycle.web import i18n
 from perfcycle.web.app import create_app

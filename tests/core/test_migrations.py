@@ -18,7 +18,7 @@ from perfcycle.core import migrate
 from perfcycle.core.db import get_engine, make_engine, session_scope
 from perfcycle.core.errors import InvalidInput
 from perfcycle.domain import audit
-from perfcycle.domain.models import AuditEvent, Base, Department, Employee
+from perfcycle.domain.models import AuditEvent, Base, Cycle, Department, Employee
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APPEND_ONLY = "audit_events is append-only"
@@ -312,3 +312,26 @@ def test_sqlite_migration_that_breaks_a_foreign_key_is_rolled_back(tmp_path: Pat
     assert migrate.current(url) == migrate.head()
     with session_scope(url) as s:
         assert s.scalars(select(Employee.id).order_by(Employee.id)).all() == ["E1", "E2"]
+
+
+def test_cycles_launched_before_snapshot_versions_read_as_version_1(empty_url: str) -> None:
+    migrate.upgrade(empty_url, "0007")
+    execute(
+        empty_url,
+        "INSERT INTO cycles (policy, policy_digest, policy_snapshot, period, period_start, "
+        "period_end, scope_key, start_date, state, created_at) VALUES ('external-service', '-', "
+        "'{}', '2026-Q4', '2026-10-01', '2026-12-31', '', '2026-10-01', 'running', "
+        "'2026-10-01 00:00:00+00:00')",
+    )
+
+    migrate.upgrade(empty_url)
+
+    assert migrate.check(empty_url) == []
+    with session_scope(empty_url) as s:
+        assert s.scalars(select(Cycle.snapshot_version)).all() == [1]
+    migrate.downgrade(empty_url, "0007")
+    engine = make_engine(empty_url)
+    try:
+        assert "snapshot_version" not in {c["name"] for c in inspect(engine).get_columns("cycles")}
+    finally:
+        engine.dispose()

@@ -16,7 +16,7 @@ from perfcycle.domain.calibration_analytics import (
     outliers,
 )
 from perfcycle.domain.models import MetricValue, Result
-from perfcycle.domain.policy import Policy
+from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.results import compute_results
 from tests.domain.test_results import populate
 from tests.domain.test_scoring import policy_dict

@@ -44,6 +44,7 @@ from perfcycle.domain.models import (
     Result,
     StageInstance,
 )
+from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages import calibration as calibration_stage
 from perfcycle.domain.stages import evaluation as evaluation_stage
 from perfcycle.domain.stages import target_setting as target_setting_stage
@@ -188,7 +189,7 @@ def test_a_whole_cycle_of_each_shipped_policy_completes(demo: DemoOrg, policy_na
     assert "calibration:approval" in outcome.waits
     with session_scope(demo.url) as session:
         cycle = engine.get_cycle(session, cycle_id)
-        policy = engine.cycle_policy(cycle)
+        policy = cycle_policy(cycle)
         assert (cycle.state, cycle.current_stage) == ("completed", None)
         assert cycle.completed_at is not None
 
@@ -256,7 +257,7 @@ def test_rerunning_a_finished_cycle_changes_nothing(demo: DemoOrg) -> None:
     assert run_until_wait(demo.url, cycle_id).wait == "finished"
     with session_scope(demo.url) as session:
         cycle = engine.get_cycle(session, cycle_id)
-        policy = engine.cycle_policy(cycle)
+        policy = cycle_policy(cycle)
         for name, inst in engine.stage_instances(session, cycle_id).items():
             engine.handler_for(name).enter(session, cycle, policy, inst)
             engine.close_stage(session, cycle, policy, inst)
@@ -615,7 +616,7 @@ def test_escalate_mails_hr_once_extends_by_the_grace_then_advances(
 def _submit_some(url: str, cycle_id: int, n: int) -> set[int]:
     """n raters fill in their form (all 4s, with a comment); returns the assignment ids."""
     with session_scope(url) as session:
-        policy = engine.cycle_policy(engine.get_cycle(session, cycle_id))
+        policy = cycle_policy(engine.get_cycle(session, cycle_id))
         pending = session.scalars(
             select(RaterAssignment)
             .where(RaterAssignment.cycle_id == cycle_id, RaterAssignment.state == "pending")
@@ -773,7 +774,7 @@ def test_after_a_late_re_evaluation_the_committee_still_gets_its_full_period(
                 RaterAssignment.cycle_id == cycle_id, RaterAssignment.state == "pending"
             )
         ).all()
-        policy = engine.cycle_policy(engine.get_cycle(session, cycle_id))
+        policy = cycle_policy(engine.get_cycle(session, cycle_id))
         for a in pending:
             submit_evaluation(session, a.id, full_answers(session, a), a.rater_id, policy)
     status = play_until_waiting_at(url, cycle_id, "calibration")
@@ -872,7 +873,7 @@ def test_send_back_reopens_only_the_named_employee_then_approve_with_an_adjustme
             select(Result).where(Result.cycle_id == cycle_id).order_by(Result.employee_id)
         ).first()
         assert result is not None
-        grades = engine.cycle_policy(engine.get_cycle(session, cycle_id)).grade_ids()
+        grades = cycle_policy(engine.get_cycle(session, cycle_id)).grade_ids()
         employee, computed = result.employee_id, result.computed_grade
     new_grade = next(g for g in grades if g != result.grade)
     decide(

@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 
 from perfcycle.core.errors import InvalidInput
 from perfcycle.domain.models import Cycle, Goal, Result
-from perfcycle.domain.policy import Policy
+from perfcycle.domain.policy.checks import check_policy
+from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.results import compute_results, personal_goals_by_employee
 from perfcycle.domain.scoring import PersonalGoal, score_employee
 from tests.domain.test_results import populate
@@ -49,7 +50,7 @@ def policy() -> Policy:
 
 
 def test_the_policy_is_valid(policy: Policy) -> None:
-    assert policy.check() == []
+    assert check_policy(policy) == []
 
 
 # ---------------------------------------------------------------- pure scoring

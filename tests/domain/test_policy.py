@@ -13,17 +13,12 @@ import yaml
 from perfcycle.cli.policy import check_command, schema_command
 from perfcycle.core.errors import InvalidInput
 from perfcycle.core.settings import REPO_ROOT
-from perfcycle.domain.policy import (
-    Extend,
-    Policy,
-    PolicyError,
-    SqlSource,
-    export_schema,
-    list_policies,
-    load_policy,
-    policy_digest,
-    policy_path,
-)
+from perfcycle.domain.policy.checks import check_policy
+from perfcycle.domain.policy.jsonschema import export_schema
+from perfcycle.domain.policy.loader import PolicyError, load_policy
+from perfcycle.domain.policy.registry import list_policies, policy_digest, policy_path
+from perfcycle.domain.policy.schema import Extend, SqlSource
+from perfcycle.domain.policy.snapshot import SNAPSHOT_VERSION, read_snapshot, snapshot_of
 
 POLICIES = REPO_ROOT / "policies"
 SHIPPED = ["external-service", "internal-service", "professional-support"]
@@ -128,7 +123,7 @@ def errors(path: Path) -> list[str]:
 def test_shipped_policy_loads_and_passes_its_checks(name: str) -> None:
     policy = load_policy(POLICIES / f"{name}.yaml")
     assert policy.id == name
-    assert policy.check() == []
+    assert check_policy(policy) == []
     assert [c.weight for c in policy.categories] == [45, 35, 12, 8]
     assert [s.name.value for s in policy.stages] == [
         "target_setting",
@@ -212,11 +207,12 @@ def test_editor_schema_rejects_an_id_key_like_the_loader() -> None:
 
 
 def test_policy_survives_a_json_snapshot_round_trip() -> None:
-    # A cycle stores the policy as JSON and validates it again on every resume.
+    # A cycle stores the policy as JSON and reads it again in every step of its run.
     policy = load_policy(POLICIES / "external-service.yaml")
-    for by_alias in (True, False):
-        snapshot = json.loads(json.dumps(policy.model_dump(mode="json", by_alias=by_alias)))
-        assert Policy.model_validate(snapshot) == policy
+    snapshot = json.loads(json.dumps(snapshot_of(policy)))
+    assert read_snapshot(snapshot, SNAPSHOT_VERSION) == policy
+    by_name = json.loads(json.dumps(policy.model_dump(mode="json", by_alias=False)))
+    assert read_snapshot(by_name, SNAPSHOT_VERSION) == policy
 
 
 # ---------------------------------------------------------------- finding policies

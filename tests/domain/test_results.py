@@ -26,7 +26,7 @@ from perfcycle.domain.models import (
     RaterAssignment,
     Result,
 )
-from perfcycle.domain.policy import Policy
+from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.results import compute_results, results_table
 from perfcycle.domain.scoring import score_employee
 from tests.domain.test_scoring import policy_dict

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from perfcycle.core.errors import InvalidInput
-from perfcycle.domain.policy import Policy
+from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.scoring import grade_for, score_employee, score_indicator
 
 

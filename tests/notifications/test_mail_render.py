@@ -32,6 +32,7 @@ from perfcycle.domain.models import (
     Participant,
     Result,
 )
+from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages.appeal import decide_appeal, file_appeal
 from perfcycle.domain.stages.target_setting import return_goals, submit_goals
 from perfcycle.notifications import outbox, reminders
@@ -163,7 +164,7 @@ def appeal_and_adjust(url: str, cycle_id: int) -> None:
             .order_by(Appeal.employee_id.desc())
             .limit(1)
         ).one()
-        policy = engine.cycle_policy(engine.get_cycle(session, cycle_id))
+        policy = cycle_policy(engine.get_cycle(session, cycle_id))
         file_appeal(
             session,
             cycle_id,

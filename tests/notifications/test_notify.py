@@ -17,17 +17,13 @@ from perfcycle.core.db import session_scope
 from perfcycle.core.settings import REPO_ROOT, get_settings
 from perfcycle.domain import engine
 from perfcycle.domain.models import Cycle, OutboxMessage, StageInstance, StageName, TaskToken
-from perfcycle.domain.policy import (
-    EVENT_ROLES,
-    PEOPLE_STAGES,
-    Policy,
-    PolicyError,
-    Role,
-    load_policy,
-)
+from perfcycle.domain.policy.loader import PolicyError, load_policy
+from perfcycle.domain.policy.schema import Policy
+from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages import interview
 from perfcycle.domain.stages.base import PendingWork
 from perfcycle.notifications import links
+from perfcycle.notifications.events import EVENT_ROLES, PEOPLE_STAGES, Role
 from perfcycle.notifications.notify import GROUP_NAMES, LINK_GRACE, Recipient, TaskLink, notify
 from tests.domain.stages.test_interview_stage import (
     OPENED,
@@ -388,7 +384,7 @@ def test_rerunning_the_stages_makes_no_new_mail_or_link(demo: DemoOrg) -> None:
 
     with session_scope(demo.url) as s:
         cycle = engine.get_cycle(s, cycle_id)
-        policy = engine.cycle_policy(cycle)
+        policy = cycle_policy(cycle)
         for name, inst in engine.stage_instances(s, cycle_id).items():
             summary = engine.handler_for(name).enter(s, cycle, policy, inst)
             assert summary.get("mails_enqueued", 0) == 0, name

@@ -25,6 +25,7 @@ from perfcycle.domain.models import (
     PlanCheckin,
     RaterAssignment,
 )
+from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages import improvement
 from perfcycle.domain.stages.evaluation import submit_evaluation
 from perfcycle.domain.stages.target_setting import approve_goals, submit_goals
@@ -319,7 +320,7 @@ def test_overdue_people_are_escalated_to_their_manager_once(
     with session_scope(url) as s:
         cycle = engine.get_cycle(s, cycle_id)
         inst = engine.stage_instances(s, cycle_id)["target_setting"]
-        assert engine.assess(s, cycle, engine.cycle_policy(cycle), inst).wait == "people"
+        assert engine.assess(s, cycle, cycle_policy(cycle), inst).wait == "people"
     assert run(monkeypatch, url, DUE + 2 * DAY, send) == 0
     assert len(mails(url, "escalation")) == len(escalations)
 
@@ -427,7 +428,7 @@ def _pending_assignments(url: str, cycle_id: int) -> dict[str, list[RaterAssignm
 
 def _submit(url: str, cycle_id: int, assignments: list[RaterAssignment]) -> None:
     with session_scope(url) as s:
-        policy = engine.cycle_policy(engine.get_cycle(s, cycle_id))
+        policy = cycle_policy(engine.get_cycle(s, cycle_id))
         for a in assignments:
             answers = full_answers(s, a)
             submit_evaluation(s, a.id, answers, actor=a.rater_id, policy=policy)

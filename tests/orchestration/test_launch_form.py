@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from perfcycle.domain.policy import list_policies
+from perfcycle.domain.policy.registry import list_policies
 from perfcycle.orchestration.serve import deployments
 
 

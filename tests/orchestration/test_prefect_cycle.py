@@ -37,6 +37,7 @@ from perfcycle.domain import engine
 from perfcycle.domain.cycles import parse_period
 from perfcycle.domain.models import Base, Cycle, RaterAssignment, StageInstance
 from perfcycle.domain.org import import_org_csv
+from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages.evaluation import submit_evaluation
 from perfcycle.domain.status import cycle_status
 from perfcycle.orchestration.client import CLOCK_DEPLOYMENT, launch, run_info
@@ -147,7 +148,7 @@ def submit_last_evaluation_in_the_portal(stack: Stack, cycle_id: int) -> None:
             .where(RaterAssignment.cycle_id == cycle_id, RaterAssignment.state == "pending")
             .order_by(RaterAssignment.id)
         ).all()
-        policy = engine.cycle_policy(engine.get_cycle(session, cycle_id))
+        policy = cycle_policy(engine.get_cycle(session, cycle_id))
         for a in others:
             submit_evaluation(session, a.id, full_answers(session, a), a.rater_id, policy)
         answers = full_answers(session, last)

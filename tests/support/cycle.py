@@ -19,6 +19,7 @@ from perfcycle.devtools.demo_data import generate_tickets, sample_org, write_org
 from perfcycle.domain import cycles, engine
 from perfcycle.domain.models import Base, Cycle, Participant, RaterAssignment
 from perfcycle.domain.org import import_org_csv
+from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages.calibration import DecisionInput, apply_decision
 from perfcycle.domain.stages.evaluation import assignment_items
 from perfcycle.domain.stages.target_setting import approve_goals, submit_goals
@@ -36,7 +37,7 @@ def full_answers(
     session: Session, assignment: RaterAssignment, score: int = 4, comment: str = ""
 ) -> dict[str, tuple[int, str]]:
     """One answer per item of the assignment's form, its ratee's personal goals included."""
-    policy = engine.cycle_policy(engine.get_cycle(session, assignment.cycle_id))
+    policy = cycle_policy(engine.get_cycle(session, assignment.cycle_id))
     items = assignment_items(
         session, policy, assignment.cycle_id, assignment.ratee_id, assignment.rater_type
     )
@@ -64,7 +65,7 @@ def run_until_wait(url: str, cycle_id: int) -> engine.StageStatus:
     for _ in range(100):
         with session_scope(url) as session:
             cycle = engine.get_cycle(session, cycle_id)
-            policy = engine.cycle_policy(cycle)
+            policy = cycle_policy(cycle)
             stage = engine.current_stage(session, cycle, policy)
             if stage is None:
                 engine.finish_cycle(session, cycle)
@@ -91,7 +92,7 @@ def decide(url: str, cycle_id: int, **decision: Any) -> None:
     with session_scope(url) as session:
         cycle = engine.get_cycle(session, cycle_id)
         inst = engine.stage_instances(session, cycle_id)["calibration"]
-        apply_decision(session, cycle, engine.cycle_policy(cycle), inst,
+        apply_decision(session, cycle, cycle_policy(cycle), inst,
                        DecisionInput.model_validate(decision))
 
 

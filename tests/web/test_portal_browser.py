@@ -23,6 +23,7 @@ from perfcycle.core.db import session_scope
 from perfcycle.core.settings import REPO_ROOT, get_settings
 from perfcycle.domain import engine
 from perfcycle.domain.models import Employee, Evaluation, RaterAssignment, TaskToken
+from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages.evaluation import items_for, submit_evaluation
 from perfcycle.notifications import links
 from perfcycle.web import i18n
@@ -213,7 +214,7 @@ def test_a_rater_opens_the_mailed_link_and_submits_an_evaluation_with_a_required
     link = stack.inbox.mail_to(rater.email, "evaluation_assigned").link()
     assert link.startswith(f"{stack.portal.base_url}/t/")
     with session_scope(stack.url) as s:
-        policy = engine.cycle_policy(engine.get_cycle(s, cycle_id))
+        policy = cycle_policy(engine.get_cycle(s, cycle_id))
     items = items_for(policy, mine.rater_type)
     strict = next(i for i in items if 5 in i.comment_required_for)
 
@@ -313,7 +314,7 @@ def test_an_employee_sees_rater_groups_only_when_enough_raters_answered(
         a for a in assignments if a.ratee_id == short and a.rater_type == "service_recipient"
     )
     with session_scope(stack.url) as s:
-        policy = engine.cycle_policy(engine.get_cycle(s, cycle_id))
+        policy = cycle_policy(engine.get_cycle(s, cycle_id))
         assert policy.anonymity_threshold == 3
         for a in assignments:
             if a.id != skipped.id:

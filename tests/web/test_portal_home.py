@@ -21,6 +21,7 @@ from perfcycle.core.db import session_scope
 from perfcycle.core.settings import get_settings
 from perfcycle.domain import engine
 from perfcycle.domain.models import Cycle, Employee, Participant, RaterAssignment
+from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages.evaluation import submit_evaluation
 from perfcycle.domain.stages.target_setting import submit_goals
 from perfcycle.web import i18n, security
@@ -171,7 +172,7 @@ def tasks_in_two_cycles(url: str, evaluating: int) -> None:
     with session_scope(url) as s:
         for a in mine:
             answers = full_answers(s, a)
-            policy = engine.cycle_policy(engine.get_cycle(s, evaluating))
+            policy = cycle_policy(engine.get_cycle(s, evaluating))
             submit_evaluation(s, a.id, answers, person, policy)
     page = client.get("/")
     assert section(page.text, evaluating) == ""
@@ -286,7 +287,7 @@ def test_an_anonymous_visitor_gets_the_sign_in_pointer_and_no_cycle_data(
 ) -> None:
     with session_scope(db_url) as s:
         cycle = engine.get_cycle(s, goals_cycle)
-        policy = engine.cycle_policy(cycle)
+        policy = cycle_policy(cycle)
         revealing = [cycle.period, cycle.policy, policy.title.get("zh-CN"), policy.title.get("en")]
     forged = TestClient(create_app(db_url), follow_redirects=False)
     forged.cookies.set(security.SESSION_COOKIE, "not-a-signed-session")

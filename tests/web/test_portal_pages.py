@@ -38,6 +38,7 @@ from perfcycle.domain.models import (
     RaterAssignment,
     TaskToken,
 )
+from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages.evaluation import items_for, submit_evaluation
 from perfcycle.domain.stages.target_setting import submit_goals
 from perfcycle.notifications import links, outbox, relay
@@ -204,7 +205,7 @@ def goals_journey(url: str, cycle_id: int) -> None:
     page = me.get(f"/goals?cycle={cycle_id}")
     assert page.status_code == 200
     with session_scope(url) as s:
-        policy = engine.cycle_policy(engine.get_cycle(s, cycle_id))
+        policy = cycle_policy(engine.get_cycle(s, cycle_id))
         titles = s.scalars(
             select(Goal.title).where(Goal.cycle_id == cycle_id, Goal.employee_id == employee)
         ).all()
@@ -367,7 +368,7 @@ def test_a_rater_fills_the_anchored_form_with_required_comments_then_reads_it(
     mine = next(a for a in pending_of(db_url, cycle) if a.rater_type == "peer")
     client = signed_in(db_url, mine.rater_id, cycle, "evaluation", "evaluation:1")
     with session_scope(db_url) as s:
-        policy = engine.cycle_policy(engine.get_cycle(s, cycle))
+        policy = cycle_policy(engine.get_cycle(s, cycle))
         stage = engine.stage_instances(s, cycle)["evaluation"]
     items = items_for(policy, mine.rater_type)
     strict = next(i for i in items if 5 in i.comment_required_for)
@@ -484,7 +485,7 @@ def test_the_last_submission_tries_to_resume_the_flow_and_is_saved_without_prefe
     client = signed_in(db_url, last.rater_id, cycle, "evaluation", "evaluation:1")
     token = csrf_of(client.get(f"/evaluations/{last.id}").text)
     with session_scope(db_url) as s:
-        policy = engine.cycle_policy(engine.get_cycle(s, cycle))
+        policy = cycle_policy(engine.get_cycle(s, cycle))
         for a in others:
             answers = full_answers(s, a)
             submit_evaluation(s, a.id, answers, a.rater_id, policy)
@@ -548,7 +549,7 @@ def test_the_transparency_page_shows_evidence_scores_and_only_big_enough_rater_g
         a for a in pending if a.ratee_id == short and a.rater_type == "service_recipient"
     )
     with session_scope(db_url) as s:
-        policy = engine.cycle_policy(engine.get_cycle(s, cycle_id))
+        policy = cycle_policy(engine.get_cycle(s, cycle_id))
         for a in pending:
             if a.id != skipped.id:
                 submit_evaluation(
@@ -760,7 +761,7 @@ def test_a_rater_saves_a_draft_comes_back_to_it_and_submitting_clears_it(
     mine = next(a for a in pending_of(db_url, cycle) if a.rater_type == "peer")
     client = signed_in(db_url, mine.rater_id, cycle, "evaluation", "evaluation:1")
     with session_scope(db_url) as s:
-        policy = engine.cycle_policy(engine.get_cycle(s, cycle))
+        policy = cycle_policy(engine.get_cycle(s, cycle))
     items = items_for(policy, mine.rater_type)
     first, second = items[0], items[1]
     token = csrf_of(client.get(f"/evaluations/{mine.id}").text)

@@ -26,6 +26,7 @@ from perfcycle.domain.models import (
     RaterAssignment,
     Result,
 )
+from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages.evaluation import (
     assignment_items,
     import_evaluations_csv,
@@ -137,7 +138,7 @@ def state_of(url: str, assignment_id: int) -> str:
 
 def policy_answers(url: str, cycle_id: int, rater_type: str) -> dict[str, tuple[int | str, str]]:
     with session_scope(url) as s:
-        policy = engine.cycle_policy(engine.get_cycle(s, cycle_id))
+        policy = cycle_policy(engine.get_cycle(s, cycle_id))
     return {i.id: (4, "") for i in items_for(policy, rater_type)}
 
 
@@ -257,7 +258,7 @@ def test_a_goal_item_of_another_ratee_is_refused_and_nothing_is_saved(setup: Set
 
     # The domain refuses it too, naming the item as the problem's field.
     with session_scope(setup.url) as s:
-        policy = engine.cycle_policy(engine.get_cycle(s, setup.cycle_id))
+        policy = cycle_policy(engine.get_cycle(s, setup.cycle_id))
         with pytest.raises(InvalidInput) as err:
             scores = {item: (4, "") for item in [*answers, "personal-1"]}
             submit_evaluation(s, theirs.id, scores, setup.manager, policy)
@@ -302,7 +303,7 @@ def test_paper_forms_of_the_superior_rate_the_personal_goals_too(
         encoding="utf-8",
     )
     with session_scope(setup.url) as s:
-        policy = engine.cycle_policy(engine.get_cycle(s, setup.cycle_id))
+        policy = cycle_policy(engine.get_cycle(s, setup.cycle_id))
         with pytest.raises(InvalidInput) as err:
             import_evaluations_csv(s, setup.cycle_id, incomplete, policy, "hr-admin")
     messages = [p.message for p in err.value.problems]
@@ -318,7 +319,7 @@ def test_paper_forms_of_the_superior_rate_the_personal_goals_too(
         encoding="utf-8",
     )
     with session_scope(setup.url) as s:
-        policy = engine.cycle_policy(engine.get_cycle(s, setup.cycle_id))
+        policy = cycle_policy(engine.get_cycle(s, setup.cycle_id))
         assert import_evaluations_csv(s, setup.cycle_id, complete, policy, "hr-admin") == 2
         ids = [i.id for i in assignment_items(
             s, policy, setup.cycle_id, setup.employee, "superior"
@@ -356,7 +357,7 @@ def test_results_after_submission_include_the_personal_goals(
                 Result.cycle_id == setup.cycle_id, Result.employee_id == setup.other
             )
         ).one()
-        policy = engine.cycle_policy(engine.get_cycle(s, setup.cycle_id))
+        policy = cycle_policy(engine.get_cycle(s, setup.cycle_id))
         development = [i for i in policy.indicators if i.category == "development"]
         indicators, categories = dict(result.indicators), dict(result.categories)
     assert indicators["personal-1"] == pytest.approx(80.0)

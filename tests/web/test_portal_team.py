@@ -30,6 +30,7 @@ from perfcycle.domain.models import (
     RaterAssignment,
     Result,
 )
+from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages.evaluation import submit_evaluation
 from perfcycle.domain.stages.target_setting import submit_goals
 from perfcycle.web import security
@@ -158,7 +159,7 @@ def release_results(url: str, cycle_id: int) -> None:
     released; the cycle runs on."""
     at_evaluation(url, cycle_id)
     with session_scope(url) as s:
-        policy = engine.cycle_policy(engine.get_cycle(s, cycle_id))
+        policy = cycle_policy(engine.get_cycle(s, cycle_id))
         pending = s.scalars(
             select(RaterAssignment).where(
                 RaterAssignment.cycle_id == cycle_id, RaterAssignment.state == "pending"

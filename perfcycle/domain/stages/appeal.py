@@ -25,10 +25,12 @@ from perfcycle.domain.models import (
     StageInstance,
     StageName,
 )
-from perfcycle.domain.policy import Policy, Role
+from perfcycle.domain.policy.schema import Policy
+from perfcycle.domain.policy.snapshot import cycle_policy_or_none
 from perfcycle.domain.stages import base
 from perfcycle.domain.stages.base import PendingTask, Progress, close_unfinished
-from perfcycle.notifications.notify import Recipient, TaskLink, notify, policy_of, stage_of
+from perfcycle.notifications.events import Role
+from perfcycle.notifications.notify import Recipient, TaskLink, notify, stage_of
 
 STATES = ("open", "accepted", "filed", "decided", "lapsed")
 OUTCOMES = ("upheld", "adjusted", "re_evaluated")
@@ -404,7 +406,7 @@ def _notify_received(session: Session, appeal: Appeal) -> None:
     notify(
         session,
         cycle,
-        policy_of(cycle),
+        cycle_policy_or_none(cycle),
         "appeal_received",
         [Recipient.person(Role.employee, employee)],
         f"appeal-received:{appeal.id}",
@@ -425,7 +427,7 @@ def _notify_decided(session: Session, appeal: Appeal, result: Result | None) -> 
     notify(
         session,
         cycle,
-        policy_of(cycle),
+        cycle_policy_or_none(cycle),
         "appeal_decided",
         recipients,
         f"appeal-decided:{appeal.id}",

@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 
 from perfcycle.domain import audit
 from perfcycle.domain.models import Appeal, Cycle, ImprovementPlan, Interview, StageInstance
-from perfcycle.domain.policy import Policy, Role
+from perfcycle.domain.policy.schema import Policy
+from perfcycle.notifications.events import Role
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,10 @@ from perfcycle.domain.models import (
     Result,
     StageInstance,
 )
-from perfcycle.domain.policy import Policy, Role
+from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.results import compute_results
 from perfcycle.domain.stages.base import Progress
+from perfcycle.notifications.events import Role
 from perfcycle.notifications.notify import Recipient, TaskLink, notify
 
 

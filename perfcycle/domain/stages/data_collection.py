@@ -22,7 +22,7 @@ from perfcycle.core.db import insert_ignore
 from perfcycle.core.errors import InvalidInput, Problem
 from perfcycle.domain import audit
 from perfcycle.domain.models import Cycle, MetricValue, Participant, StageInstance, StageName
-from perfcycle.domain.policy import MetricIndicator, Policy, VetoIndicator
+from perfcycle.domain.policy.schema import MetricIndicator, Policy, VetoIndicator
 from perfcycle.domain.stages.base import Progress
 
 # The `source` of values HR supplied by CSV; collection runs leave these alone.

@@ -33,9 +33,10 @@ from perfcycle.domain.models import (
     StageInstance,
     StageName,
 )
-from perfcycle.domain.policy import Policy, RatedIndicator, Role
+from perfcycle.domain.policy.schema import Policy, RatedIndicator
 from perfcycle.domain.stages.base import PendingTask, Progress
 from perfcycle.domain.stages.target_setting import PersonalGoalItem, personal_goal_items
+from perfcycle.notifications.events import Role
 from perfcycle.notifications.notify import Recipient, TaskLink, notify
 
 PENDING, SUBMITTED, EXPIRED = "pending", "submitted", "expired"

@@ -29,10 +29,12 @@ from perfcycle.domain.models import (
     StageInstance,
     StageName,
 )
-from perfcycle.domain.policy import Policy, Role
+from perfcycle.domain.policy.schema import Policy
+from perfcycle.domain.policy.snapshot import cycle_policy_or_none
 from perfcycle.domain.stages import base
 from perfcycle.domain.stages.base import PendingTask, Progress, close_unfinished
-from perfcycle.notifications.notify import Recipient, TaskLink, hr_standing_in, notify, policy_of
+from perfcycle.notifications.events import Role
+from perfcycle.notifications.notify import Recipient, TaskLink, hr_standing_in, notify
 
 STATES = ("open", "closed", "lapsed")
 WEAKEST_COUNT = 2
@@ -452,7 +454,7 @@ def _notify_closed(session: Session, plan: ImprovementPlan) -> None:
     notify(
         session,
         cycle,
-        policy_of(cycle),
+        cycle_policy_or_none(cycle),
         "improvement_plan_closed",
         [Recipient.person(Role.employee, employee)],
         f"plan-closed:{plan.id}",

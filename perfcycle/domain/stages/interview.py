@@ -24,10 +24,12 @@ from perfcycle.domain.models import (
     StageInstance,
     StageName,
 )
-from perfcycle.domain.policy import Policy, Role
+from perfcycle.domain.policy.schema import Policy
+from perfcycle.domain.policy.snapshot import cycle_policy_or_none
 from perfcycle.domain.stages import base
 from perfcycle.domain.stages.base import PendingTask, Progress, close_unfinished
-from perfcycle.notifications.notify import Recipient, TaskLink, notify, policy_of, stage_of
+from perfcycle.notifications.events import Role
+from perfcycle.notifications.notify import Recipient, TaskLink, notify, stage_of
 
 STATES = ("scheduled", "held", "acknowledged", "missed")
 # A held interview may still be corrected by the manager until the employee acknowledges it.
@@ -297,7 +299,7 @@ def _notify_recorded(session: Session, interview: Interview) -> None:
     notify(
         session,
         cycle,
-        policy_of(cycle),
+        cycle_policy_or_none(cycle),
         "interview_recorded",
         [
             Recipient.person(

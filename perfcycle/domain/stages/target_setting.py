@@ -30,14 +30,15 @@ from perfcycle.domain.models import (
     StageInstance,
     StageName,
 )
-from perfcycle.domain.policy import MetricIndicator, Policy, Ratio, Role
+from perfcycle.domain.policy.schema import MetricIndicator, Policy, Ratio
+from perfcycle.domain.policy.snapshot import cycle_policy_or_none
 from perfcycle.domain.stages.base import PendingTask, Progress
+from perfcycle.notifications.events import Role
 from perfcycle.notifications.notify import (
     Recipient,
     TaskLink,
     hr_standing_in,
     notify,
-    policy_of,
     stage_of,
 )
 
@@ -207,7 +208,7 @@ def submit_goals(session: Session, cycle_id: int, employee_id: str, *, actor: st
     goals = _goals(session, cycle_id, employee_id)
     if all(g.state == "agreed" for g in goals):
         raise InvalidInput([Problem("goals are already agreed", field="state")])
-    policy = policy_of(session.get_one(Cycle, cycle_id))
+    policy = cycle_policy_or_none(session.get_one(Cycle, cycle_id))
     if policy is not None:
         _check_personal_share(policy, [g for g in goals if g.kind == PERSONAL])
     now = clock.now()
@@ -258,7 +259,7 @@ def _mail_approver(
     notify(
         session,
         cycle,
-        policy_of(cycle),
+        cycle_policy_or_none(cycle),
         "goals_submitted",
         [recipient],
         f"goals-submitted:{employee_id}:{submission}",
@@ -320,7 +321,7 @@ def return_goals(
     notify(
         session,
         cycle,
-        policy_of(cycle),
+        cycle_policy_or_none(cycle),
         "goals_returned",
         [Recipient.person(Role.employee, employee, link=link)],
         f"goals-returned:{returned_before + 1}",
@@ -373,7 +374,7 @@ def save_personal_goals(
     category give up the same share, so the employee's sheet still adds up to 100.
     """
     cycle = session.get_one(Cycle, cycle_id)
-    policy = policy_of(cycle)
+    policy = cycle_policy_or_none(cycle)
     share = policy.personal_goals if policy else None
     goals = _own_editable_goals(session, cycle_id, employee_id, actor)
     if policy is None or share is None or share.max == 0:
@@ -454,7 +455,7 @@ def set_target(
         )
     problems: list[Problem] = []
     value = _number(target, at, problems)
-    policy = policy_of(session.get_one(Cycle, cycle_id))
+    policy = cycle_policy_or_none(session.get_one(Cycle, cycle_id))
     indicators = policy.indicators if policy else []
     indicator = next((i for i in indicators if i.id == indicator_id), None)
     ratio = isinstance(indicator, MetricIndicator) and isinstance(indicator.rule, Ratio)

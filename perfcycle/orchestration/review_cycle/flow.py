@@ -15,7 +15,7 @@ from prefect.flow_runs import suspend_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
-from perfcycle.domain.policy import list_policies
+from perfcycle.domain.policy.registry import list_policies
 from perfcycle.domain.stages.calibration import DecisionInput
 from perfcycle.orchestration.review_cycle.cycle_tasks import finish_cycle, open_cycle
 from perfcycle.orchestration.review_cycle.tasks import (

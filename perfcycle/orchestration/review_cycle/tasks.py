@@ -14,6 +14,7 @@ from prefect.deployments import run_deployment
 
 from perfcycle.core.db import session_scope
 from perfcycle.domain import engine
+from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.reports import stage_markdown
 from perfcycle.domain.stages.calibration import DecisionInput, apply_decision
 from perfcycle.notifications import relay
@@ -55,7 +56,7 @@ def _start_mail_relay(cycle_id: int) -> None:
 def next_stage(cycle_id: int) -> str | None:
     with session_scope() as session:
         cycle = engine.get_cycle(session, cycle_id)
-        stage = engine.current_stage(session, cycle, engine.cycle_policy(cycle))
+        stage = engine.current_stage(session, cycle, cycle_policy(cycle))
         return stage.name if stage else None
 
 
@@ -63,7 +64,7 @@ def next_stage(cycle_id: int) -> str | None:
 def enter_stage(cycle_id: int, stage: str) -> dict[str, Any]:
     with session_scope() as session:
         cycle = engine.get_cycle(session, cycle_id)
-        policy = engine.cycle_policy(cycle)
+        policy = cycle_policy(cycle)
         inst = engine.open_stage(session, cycle, policy, policy.stage(stage))
         summary = engine.enter_stage(session, cycle, policy, inst)
     get_run_logger().info("Entered %s: %s", stage, summary)
@@ -77,7 +78,7 @@ def assess_stage(cycle_id: int, stage: str) -> dict[str, Any]:
     with session_scope() as session:
         cycle = engine.get_cycle(session, cycle_id)
         inst = engine.stage_instances(session, cycle_id)[stage]
-        status = engine.assess(session, cycle, engine.cycle_policy(cycle), inst)
+        status = engine.assess(session, cycle, cycle_policy(cycle), inst)
     get_run_logger().info("%s: %s of %s done, next: %s (due %s)", stage, status.done,
                           status.total, status.wait, status.due_at)
     return asdict(status)
@@ -88,7 +89,7 @@ def close_stage(cycle_id: int, stage: str) -> dict[str, Any]:
     with session_scope() as session:
         cycle = engine.get_cycle(session, cycle_id)
         inst = engine.stage_instances(session, cycle_id)[stage]
-        summary = engine.close_stage(session, cycle, engine.cycle_policy(cycle), inst)
+        summary = engine.close_stage(session, cycle, cycle_policy(cycle), inst)
     get_run_logger().info("Closed %s: %s", stage, summary)
     _artifact(cycle_id, stage, "closed")
     _start_mail_relay(cycle_id)
@@ -101,7 +102,7 @@ def record_decision(cycle_id: int, decision: dict[str, Any]) -> bool:
     with session_scope() as session:
         cycle = engine.get_cycle(session, cycle_id)
         inst = engine.stage_instances(session, cycle_id)["calibration"]
-        recorded = apply_decision(session, cycle, engine.cycle_policy(cycle), inst, parsed)
+        recorded = apply_decision(session, cycle, cycle_policy(cycle), inst, parsed)
     get_run_logger().info("Calibration decision by %s: %s (%s)", parsed.approver,
                           parsed.decision, "recorded" if recorded else "already recorded")
     _start_mail_relay(cycle_id)

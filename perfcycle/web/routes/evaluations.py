@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from perfcycle.core.errors import InvalidInput
-from perfcycle.domain import engine
 from perfcycle.domain.models import StageName
-from perfcycle.domain.policy import Policy, RatedIndicator
+from perfcycle.domain.policy.schema import Policy, RatedIndicator
+from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages.evaluation import (
     FormItemSpec,
     assignment_items,
@@ -256,7 +256,7 @@ def render_form(
     status_code: int = 200,
 ) -> HTMLResponse:
     cycle = load_cycle(session, request, found.cycle_id)
-    specs = items_of(session, engine.cycle_policy(cycle), found)
+    specs = items_of(session, cycle_policy(cycle), found)
     return render(
         request,
         "evaluation_form.html",
@@ -301,7 +301,7 @@ def submit_form(
         message = i18n.translate("eval.already_submitted", locale_of(request))
         raise PageError(409, "eval.already_submitted", message)
     require_open_stage(session, request, cycle, StageName.evaluation)
-    policy = engine.cycle_policy(cycle)
+    policy = cycle_policy(cycle)
     item_ids = [i.id for i in items_of(session, policy, found)]
     answers = parse_answers(form, item_ids)
     if form.get("action") == "draft":
@@ -337,7 +337,7 @@ def keep_draft(
         comment = form.get(f"comment.{item}", "")
         if item not in answers and isinstance(comment, str) and comment.strip():
             answers[item] = (None, comment)
-    policy = engine.cycle_policy(load_cycle(session, request, found.cycle_id))
+    policy = cycle_policy(load_cycle(session, request, found.cycle_id))
     try:
         save_draft(session, found.id, answers, viewer.person_id, policy)  # type: ignore[arg-type]
     except InvalidInput as exc:

@@ -17,8 +17,8 @@ from starlette.datastructures import FormData
 
 from perfcycle.core import clock
 from perfcycle.core.errors import InvalidInput, NotAllowed, Problem
-from perfcycle.domain import engine
 from perfcycle.domain.models import Cycle, StageName
+from perfcycle.domain.policy.snapshot import cycle_policy, cycle_policy_or_none
 from perfcycle.domain.stages.target_setting import (
     PERSONAL_FIELDS,
     approve_goals,
@@ -250,7 +250,7 @@ def render_goals(
 ) -> HTMLResponse:
     stage = services.stage_instance(session, cycle.id, StageName.target_setting)
     accepting = stage is not None and stage.state == "open" and clock.now() < stage.due_at
-    policy = engine.cycle_policy(cycle) if cycle.policy_snapshot else None
+    policy = cycle_policy_or_none(cycle)
     share = policy.personal_goals if policy else None
     locale = locale_of(request)
     category_names = {c.id: c.name.get(locale) for c in policy.categories} if policy else {}
@@ -299,7 +299,7 @@ def edit(
     """Save the employee's own targets (unlocked indicators) and personal goals, all or nothing."""
     cycle = load_cycle(session, request, form_int(form, "cycle"))
     require_open_stage(session, request, cycle, StageName.target_setting)
-    share = engine.cycle_policy(cycle).personal_goals
+    share = cycle_policy(cycle).personal_goals
     edits = Edits.typed_in(form, share.max)
     sheet = services.goal_sheet(session, cycle.id, viewer.person_id)
     problems: list[Problem] = []

@@ -20,8 +20,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
-from perfcycle.domain import engine
 from perfcycle.domain.models import Cycle
+from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages.target_setting import PersonalGoalItem, personal_goal_items
 from perfcycle.web import i18n, services
 from perfcycle.web.deps import (
@@ -217,7 +217,7 @@ class Bar:
 
 def category_bars(cycle: Cycle, categories: dict[str, object], locale: str) -> list[Bar]:
     """Bars of 0..100 scores for the inline SVG chart, in policy order."""
-    policy = engine.cycle_policy(cycle)
+    policy = cycle_policy(cycle)
     bars = []
     for i, category in enumerate(c for c in policy.categories if c.id in categories):
         value = categories[category.id]
@@ -230,7 +230,7 @@ def category_bars(cycle: Cycle, categories: dict[str, object], locale: str) -> l
 
 
 def names(cycle: Cycle, locale: str) -> dict[str, str]:
-    policy = engine.cycle_policy(cycle)
+    policy = cycle_policy(cycle)
     found = {c.id: c.name.get(locale) for c in policy.categories}
     found.update({i.id: i.name.get(locale) for i in policy.indicators})
     return found
@@ -311,7 +311,7 @@ def transparency_page(
     view = services.transparency(session, the_cycle, subject)
     bars = category_bars(the_cycle, view.result.categories, locale) if view.result else []
     personal = personal_goal_items(session, the_cycle.id, [subject]).get(subject, [])
-    policy = engine.cycle_policy(the_cycle)
+    policy = cycle_policy(the_cycle)
     return render(
         request,
         "me.html",

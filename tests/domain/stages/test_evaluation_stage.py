@@ -24,7 +24,7 @@ from perfcycle.domain.models import (
     RaterAssignment,
     StageInstance,
 )
-from perfcycle.domain.policy import Policy
+from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.stages.base import Progress
 from perfcycle.domain.stages.evaluation import (
     Handler,

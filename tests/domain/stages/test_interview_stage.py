@@ -28,7 +28,7 @@ from perfcycle.domain.models import (
     StageInstance,
     StageName,
 )
-from perfcycle.domain.policy import Policy
+from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.stages import interview
 from perfcycle.domain.stages.base import Progress
 
