@@ -7,16 +7,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from perfcycle.domain.models import Cycle, StageInstance
+from perfcycle.notifications import vocabulary
 
-STAGE_TITLES = {
-    "target_setting": "Target setting / 目标设定",
-    "data_collection": "Data collection / 数据采集",
-    "evaluation": "Multi-rater evaluation / 多维评价",
-    "calibration": "Calibration / 结果校准",
-    "interview": "Review interview / 绩效面谈",
-    "improvement": "Improvement plans / 改进计划跟踪",
-    "appeal": "Appeal / 申诉",
-}
+
+def stage_heading(name: str) -> str:
+    """'Target setting / 目标设定': artifacts are read by HR and engineers alike."""
+    words = vocabulary.STAGE_TITLES.get(name)
+    return f"{words.en} / {words.zh_CN}" if words else name
 
 
 def _cell(value: Any) -> str:
@@ -30,7 +27,7 @@ def stage_markdown(
     cycle: Cycle, inst: StageInstance, phase: str, done: int | None = None, total: int | None = None
 ) -> str:
     lines = [
-        f"## {STAGE_TITLES.get(inst.name, inst.name)} — {phase}",
+        f"## {stage_heading(inst.name)} — {phase}",
         "",
         f"Cycle **{cycle.id}** · policy `{cycle.policy}` · period **{cycle.period}** · "
         f"attempt {inst.attempt}",

@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session
 from perfcycle.core import clock
 from perfcycle.core.settings import get_settings
 from perfcycle.domain.models import Cycle, OutboxMessage, StageInstance
-from perfcycle.domain.policy.schema import Notifications, Policy, Text
-from perfcycle.notifications import links, outbox
+from perfcycle.domain.policy.schema import Notifications, Policy
+from perfcycle.notifications import links, outbox, vocabulary
 from perfcycle.notifications.events import GROUP_ROLES, Role
 
 # A task link outlives its deadline: a stage may be extended, and the portal says "closed"
@@ -32,11 +32,6 @@ from perfcycle.notifications.events import GROUP_ROLES, Role
 LINK_GRACE = timedelta(days=30)
 # Mailing lists have no locale of their own; the organisation's working language.
 GROUP_LOCALE = "zh-CN"
-GROUP_NAMES = {
-    Role.hr: Text.model_validate({"zh-CN": "人力资源部", "en": "HR"}),
-    Role.committee: Text.model_validate({"zh-CN": "绩效校准委员会", "en": "Calibration committee"}),
-    Role.supervision: Text.model_validate({"zh-CN": "考核监督小组", "en": "Supervision committee"}),
-}
 _CHUNK = 1000
 
 
@@ -98,7 +93,8 @@ def group(role: Role, **details: Any) -> Recipient:
         Role.committee: settings.committee_email,
         Role.supervision: settings.supervision_email,
     }[role]
-    return Recipient(role, email, GROUP_LOCALE, GROUP_NAMES[role].get(GROUP_LOCALE), **details)
+    name = vocabulary.GROUP_NAMES[role].get(GROUP_LOCALE)
+    return Recipient(role, email, GROUP_LOCALE, name, **details)
 
 
 def hr_standing_in(role: Role, **details: Any) -> Recipient:

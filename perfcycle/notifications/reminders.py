@@ -40,6 +40,7 @@ from perfcycle.domain.models import (
 from perfcycle.domain.policy.schema import Extend, Policy, Stage
 from perfcycle.domain.policy.snapshot import cycle_policy_or_none
 from perfcycle.domain.stages.base import PendingTask, PendingWork
+from perfcycle.notifications import vocabulary
 from perfcycle.notifications.events import PEOPLE_STAGES, Role
 from perfcycle.notifications.notify import (
     GROUP_LOCALE,
@@ -56,17 +57,6 @@ from perfcycle.notifications.render import display_zone
 MIN_PLAN_AGE = timedelta(days=7)
 SHOWN_NAMES = 5
 _CHUNK = 1000
-
-# action -> (zh-CN, en); {who} is the people the task is about.
-WHAT = {
-    "submit_goals": ("确认并提交本期绩效目标", "Review and submit your goals"),
-    "approve_goals": ("审批{who}的绩效目标", "Approve the goals of {who}"),
-    "evaluate": ("完成对{who}的评价", "Rate {who}"),
-    "record_interview": ("与{who}进行绩效面谈并记录", "Hold and record the interview with {who}"),
-    "acknowledge_interview": ("确认绩效面谈记录", "Acknowledge your interview record"),
-    "close_plan": ("跟进并验收{who}的改进计划", "Follow up and close the plan of {who}"),
-    "answer_results": ("确认考核结果或提出申诉", "Accept your results or file an appeal"),
-}
 
 
 @dataclass(frozen=True)
@@ -119,8 +109,7 @@ def open_people_stages(session: Session, cycle_id: int | None = None) -> list[Op
 def describe(task: PendingTask, locale: str) -> str:
     """The task in the reader's language, e.g. 'Rate Li Lei, Han Mei and 4 more'."""
     zh = locale.lower().startswith("zh")
-    zh_text, en_text = WHAT.get(task.action, (task.action, task.action))
-    return (zh_text if zh else en_text).format(who=_names(task.subjects, zh))
+    return vocabulary.task_action(task.action, locale, who=_names(task.subjects, zh))
 
 
 def _names(names: Sequence[str], zh: bool) -> str:

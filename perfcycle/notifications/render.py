@@ -41,7 +41,7 @@ from jinja2.runtime import Context
 from perfcycle.core import clock
 from perfcycle.core.errors import InvalidInput, Problem
 from perfcycle.core.settings import get_settings
-from perfcycle.domain.reports import STAGE_TITLES
+from perfcycle.notifications import vocabulary
 
 PACKAGED_DIR = Path(__file__).resolve().parent / "templates"
 LOCALES = ("zh-CN", "en")
@@ -242,68 +242,15 @@ def message_id(idempotency_key: str, mail_from: str) -> str:
 
 # ---------------------------------------------------------------- words and filters
 
+# The mails' frame (greeting, footer, button) per locale, for the layouts.
 UI: dict[str, dict[str, str]] = {
-    "zh-CN": {
-        "brand": "绩效考核",
-        "greeting": "{name}，您好：",
-        "greeting_plain": "您好：",
-        "deadline": "截止时间",
-        "colon": "：",
-        "open": "打开",
-        "button_fallback": "如果按钮无法打开，请将以下链接复制到浏览器：",
-        "why": "您收到这封邮件，是因为您参与了本次绩效考核。",
-        "contact": "如有疑问，请联系人力资源部",
-        "auto": "此邮件由系统自动发送，请勿直接回复。",
-    },
-    "en": {
-        "brand": "Performance review",
-        "greeting": "Dear {name},",
-        "greeting_plain": "Hello,",
-        "deadline": "Deadline",
-        "colon": ": ",
-        "open": "Open",
-        "button_fallback": "If the button does not work, copy this link into your browser:",
-        "why": "You received this email because you take part in this performance review.",
-        "contact": "Questions? Contact HR",
-        "auto": "This email was sent automatically; please do not reply to it.",
-    },
+    locale: {key: words.get(locale) for key, words in vocabulary.MAIL_FRAME.items()}
+    for locale in LOCALES
 }
 
 _MONTHS_EN = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
-_RATER_TYPES = {
-    "service_recipient": ("服务对象", "service recipient"),
-    "superior": ("上级", "manager"),
-    "peer": ("同事", "peer"),
-    "self": ("自评", "self-assessment"),
-    "third_party": ("第三方", "third party"),
-}
-
-_OUTCOMES = {
-    "upheld": ("维持原结果", "original result upheld"),
-    "adjusted": ("等级已调整", "grade adjusted"),
-    "re_evaluated": ("重新评价", "to be re-evaluated"),
-}
-
-# Reminders and escalations list tasks as text already in the reader's language
-# (perfcycle.notifications.reminders.describe); a bare action code
-# (perfcycle.domain.stages.base.PendingTask.action)
-# is worded here, and any other text is shown as given.
-_TASKS = {
-    "submit_goals": ("确认并提交本期绩效目标", "Review and submit your goals"),
-    "approve_goals": ("审批下属的绩效目标", "Approve your team's goals"),
-    "evaluate": ("完成同事评价", "Rate colleagues"),
-    "record_interview": ("进行绩效面谈并记录", "Hold and record review interviews"),
-    "acknowledge_interview": ("确认绩效面谈记录", "Acknowledge your interview record"),
-    "close_plan": ("跟进并验收改进计划", "Follow up and close improvement plans"),
-    "answer_results": ("确认考核结果或提出申诉", "Accept your results or file an appeal"),
-}
-
 _ZH_QUARTERS = "一二三四"
-
-
-def _pick(pair: tuple[str, str], locale: str) -> str:
-    return pair[0] if locale == "zh-CN" else pair[1]
 
 
 def _locale(ctx: Context) -> str:
@@ -392,9 +339,7 @@ def format_period(period: Any, locale: str) -> str:
 
 
 def stage_title(name: Any, locale: str) -> str:
-    """Stage names from perfcycle.domain.reports.STAGE_TITLES ('English / 中文')."""
-    english, _, chinese = STAGE_TITLES.get(str(name), str(name)).partition(" / ")
-    return (chinese or english) if locale == "zh-CN" else english
+    return vocabulary.stage_title(str(name), locale)
 
 
 @pass_context
@@ -412,13 +357,21 @@ def cycle_label(ctx: Context) -> str:
     return "本次绩效考核" if zh else "this performance review"
 
 
-def _lookup(table: Mapping[str, tuple[str, str]]) -> Callable[[Context, Any], str]:
+def _lookup(table: Mapping[str, vocabulary.Words]) -> Callable[[Context, Any], str]:
     @pass_context
     def translate(ctx: Context, value: Any) -> str:
-        pair = table.get(str(value))
-        return _pick(pair, _locale(ctx)) if pair else str(value)
+        words = table.get(str(value))
+        return words.get(_locale(ctx)) if words else str(value)
 
     return translate
+
+
+@pass_context
+def _task(ctx: Context, value: Any) -> str:
+    # Reminders and escalations list tasks as text already in the reader's language
+    # (perfcycle.notifications.reminders.describe); a bare action code (PendingTask.action) is
+    # worded here, and any other text is shown as given.
+    return vocabulary.task_action(str(value), _locale(ctx))
 
 
 def _with_locale(fn: Callable[[Any, str], str]) -> Callable[[Context, Any], str]:
@@ -435,7 +388,7 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "when": _with_locale(format_when),
     "period": _with_locale(format_period),
     "stage": _with_locale(stage_title),
-    "rater_type": _lookup(_RATER_TYPES),
-    "outcome": _lookup(_OUTCOMES),
-    "task": _lookup(_TASKS),
+    "rater_type": _lookup(vocabulary.RATER_TYPES),
+    "outcome": _lookup(vocabulary.APPEAL_OUTCOMES),
+    "task": _task,
 }

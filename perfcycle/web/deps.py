@@ -47,7 +47,7 @@ from perfcycle.core.errors import InvalidInput
 from perfcycle.domain import engine
 from perfcycle.domain.models import Cycle, Employee, PortalRole, PortalSessionGeneration, TaskToken
 from perfcycle.notifications import links
-from perfcycle.notifications.render import stage_title
+from perfcycle.notifications.vocabulary import stage_title
 from perfcycle.web import i18n, security
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from perfcycle.core.errors import Problem
+from perfcycle.notifications import vocabulary
 
 LOCALES = ("zh-CN", "en")
 DEFAULT_LOCALE = "zh-CN"
@@ -251,5 +252,15 @@ add_messages(
             "zh-CN": "您的待办任务会通过邮件通知，点击邮件中的链接即可进入对应页面。",
             "en": "Your tasks arrive by email; the link in each email opens its page.",
         },
+    }
+)
+
+# The words the mails use too, from their one home.
+add_messages(
+    {
+        **vocabulary.catalog("rater.", vocabulary.RATER_TYPES),
+        **vocabulary.catalog("eval.state.", vocabulary.EVALUATION_STATES),
+        **vocabulary.catalog("goals.state.", vocabulary.GOAL_SHEET_STATES),
+        **vocabulary.catalog("hr.stage_state.", vocabulary.STAGE_STATES),
     }
 )

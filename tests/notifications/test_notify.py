@@ -22,9 +22,9 @@ from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages import interview
 from perfcycle.domain.stages.base import PendingWork
-from perfcycle.notifications import links
+from perfcycle.notifications import links, vocabulary
 from perfcycle.notifications.events import EVENT_ROLES, PEOPLE_STAGES, Role
-from perfcycle.notifications.notify import GROUP_NAMES, LINK_GRACE, Recipient, TaskLink, notify
+from perfcycle.notifications.notify import LINK_GRACE, Recipient, TaskLink, notify
 from tests.domain.stages.test_interview_stage import (
     OPENED,
     POLICY,
@@ -314,8 +314,8 @@ def test_mailing_lists_come_from_the_settings(db_url: str, frozen: None) -> None
     )
     names = {m.context["role"]: m.context["name"] for m in sent}
     assert names == {
-        "committee": GROUP_NAMES[Role.committee].get("zh-CN"),
-        "hr": GROUP_NAMES[Role.hr].get("zh-CN"),
+        "committee": vocabulary.GROUP_NAMES[Role.committee].get("zh-CN"),
+        "hr": vocabulary.GROUP_NAMES[Role.hr].get("zh-CN"),
     }
     assert all("link" not in m.context and m.context["flags"] == 2 for m in sent)
 

@@ -42,7 +42,8 @@ from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages.evaluation import items_for, submit_evaluation
 from perfcycle.domain.stages.target_setting import submit_goals
 from perfcycle.notifications import links, outbox, relay
-from perfcycle.notifications.render import render, stage_title
+from perfcycle.notifications.render import render
+from perfcycle.notifications.vocabulary import stage_title
 from perfcycle.web import i18n
 from perfcycle.web.app import create_app
 from perfcycle.web.routes import ROUTERS

@@ -63,9 +63,6 @@ i18n.add_messages(
         "eval.ratee": {"zh-CN": "被评价人", "en": "Person"},
         "eval.as": {"zh-CN": "评价身份", "en": "You rate as"},
         "eval.state": {"zh-CN": "状态", "en": "State"},
-        "eval.state.pending": {"zh-CN": "待填写", "en": "to do"},
-        "eval.state.submitted": {"zh-CN": "已提交", "en": "submitted"},
-        "eval.state.expired": {"zh-CN": "已过期", "en": "closed without an answer"},
         "eval.open": {"zh-CN": "填写", "en": "Open"},
         "eval.view": {"zh-CN": "查看", "en": "View"},
         "eval.form_title": {"zh-CN": "评价：{name}", "en": "Rating {name}"},
@@ -106,11 +103,6 @@ i18n.add_messages(
         "eval.goal.attainment.3": {"zh-CN": "达成目标", "en": "Met the goal"},
         "eval.goal.attainment.2": {"zh-CN": "部分达成", "en": "Partly met the goal"},
         "eval.goal.attainment.1": {"zh-CN": "未达成", "en": "Did not meet the goal"},
-        "rater.service_recipient": {"zh-CN": "服务对象", "en": "service recipient"},
-        "rater.superior": {"zh-CN": "上级", "en": "superior"},
-        "rater.peer": {"zh-CN": "同事", "en": "peer"},
-        "rater.self": {"zh-CN": "自评", "en": "self"},
-        "rater.third_party": {"zh-CN": "第三方", "en": "third party"},
     }
 )
 

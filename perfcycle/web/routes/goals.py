@@ -28,7 +28,7 @@ from perfcycle.domain.stages.target_setting import (
     set_target,
     submit_goals,
 )
-from perfcycle.notifications.render import stage_title
+from perfcycle.notifications.vocabulary import stage_title
 from perfcycle.web import i18n, services
 from perfcycle.web.deps import (
     CsrfForm,
@@ -65,10 +65,6 @@ i18n.add_messages(
         "goals.weight": {"zh-CN": "权重", "en": "Weight"},
         "goals.locked": {"zh-CN": "锁定（政策规定）", "en": "locked (set by the policy)"},
         "goals.total_weight": {"zh-CN": "权重合计：{total}%", "en": "Total weight: {total}%"},
-        "goals.state.proposed": {"zh-CN": "待员工确认", "en": "waiting for the employee"},
-        "goals.state.submitted": {"zh-CN": "待经理审批", "en": "waiting for the manager"},
-        "goals.state.agreed": {"zh-CN": "已达成一致", "en": "agreed"},
-        "goals.state.none": {"zh-CN": "无目标", "en": "no goals"},
         "goals.signed_employee": {
             "zh-CN": "员工签署：{when}",
             "en": "Signed by the employee: {when}",

@@ -62,9 +62,6 @@ i18n.add_messages(
         "hr.reminded": {"zh-CN": "已排队 {n} 封提醒邮件。", "en": "{n} reminder mails queued."},
         "hr.flow_run": {"zh-CN": "在 Prefect 中查看流程运行", "en": "Open the flow run in Prefect"},
         "hr.no_cycles": {"zh-CN": "还没有考核周期。", "en": "No cycles yet."},
-        "hr.stage_state.pending": {"zh-CN": "未开始", "en": "not started"},
-        "hr.stage_state.open": {"zh-CN": "进行中", "en": "open"},
-        "hr.stage_state.completed": {"zh-CN": "已完成", "en": "completed"},
         "hr.mail": {"zh-CN": "邮件", "en": "Mail"},
         "hr.mail_counts": {
             "zh-CN": "已发送 {sent} 封，待发送 {pending} 封，发送失败 {failed} 封。",
