@@ -24,8 +24,9 @@ from perfcycle.core import clock
 from perfcycle.core.settings import get_settings
 from perfcycle.domain.models import Cycle, OutboxMessage, StageInstance
 from perfcycle.domain.policy.schema import Notifications, Policy
-from perfcycle.notifications import links, outbox, vocabulary
+from perfcycle.notifications import links, outbox, task_kinds, vocabulary
 from perfcycle.notifications.events import GROUP_ROLES, Role
+from perfcycle.notifications.task_kinds import TaskKind
 
 # A task link outlives its deadline: a stage may be extended, and the portal says "closed"
 # better than a dead link does.
@@ -52,7 +53,7 @@ class Person(Protocol):
 class TaskLink:
     """The portal task a mail's link opens. cycle_id and due_at default to the notify call's."""
 
-    kind: str
+    kind: TaskKind
     ref: str
     cycle_id: int | None = None
     due_at: datetime | None = None
@@ -128,7 +129,7 @@ def notify(
     chosen += [group(role) for role in rule.to if role in GROUP_ROLES and role not in named]
     shared = _shared_context(cycle, context or {}, due_at)
     drafts = [
-        _draft(cycle, policy, rule.template, r, r.occurrence or occurrence, shared, due_at)
+        _draft(cycle, policy, event, rule.template, r, r.occurrence or occurrence, shared, due_at)
         for r in chosen
     ]
     return _enqueue(session, drafts)
@@ -166,6 +167,7 @@ def _shared_context(
 def _draft(
     cycle: Cycle | None,
     policy: Policy | None,
+    event: str,
     template: str,
     r: Recipient,
     occurrence: str,
@@ -179,10 +181,10 @@ def _draft(
     if r.tasks:
         context["tasks"] = [_jsonable(t.context) for t in r.tasks]
         for i, task in enumerate(r.tasks):
-            request = _link_request(r, task.link, cycle, due_at)
+            request = _link_request(r, event, task.link, cycle, due_at)
             if request is not None:
                 requests.append((i, request))
-    request = _link_request(r, r.link, cycle, due_at)
+    request = _link_request(r, event, r.link, cycle, due_at)
     if request is not None:
         requests.append((None, request))
     mail = outbox.Mail(
@@ -198,10 +200,13 @@ def _draft(
 
 
 def _link_request(
-    r: Recipient, task: TaskLink | None, cycle: Cycle | None, due_at: datetime | None
+    r: Recipient, event: str, task: TaskLink | None, cycle: Cycle | None, due_at: datetime | None
 ) -> links.LinkRequest | None:
+    if task is None:
+        return None
+    task_kinds.check_link(task.kind, event)
     # A mailing list has no person to bind a token to: its mail carries no task link.
-    if task is None or r.person_id is None:
+    if r.person_id is None:
         return None
     cycle_id = task.cycle_id if task.cycle_id is not None else cycle.id if cycle else None
     if cycle_id is None:

@@ -13,6 +13,8 @@ from perfcycle.domain import audit
 from perfcycle.domain.models import Appeal, Cycle, ImprovementPlan, Interview, StageInstance
 from perfcycle.domain.policy.schema import Policy
 from perfcycle.notifications.events import Role
+from perfcycle.notifications.task_kinds import TASK_KINDS, TaskKind
+from perfcycle.notifications.vocabulary import TaskAction
 
 
 @dataclass(frozen=True)
@@ -30,15 +32,18 @@ class PendingTask:
     """One person's unfinished work in a stage: what reminders list and escalations report."""
 
     role: Role
-    # submit_goals, approve_goals, evaluate, record_interview, acknowledge_interview,
-    # close_plan, answer_results (perfcycle.notifications.reminders words them in the reader's
-    # language).
-    action: str
-    # The portal task its link opens (TaskToken.task_kind / task_ref).
-    kind: str
+    # What the person is asked to do (perfcycle.notifications.vocabulary words it).
+    action: TaskAction
+    # The portal task its link opens (TaskToken.task_kind / task_ref); the registry
+    # (perfcycle.notifications.task_kinds) says which action each kind is.
+    kind: TaskKind
     ref: str
     # Names of the people the task is about (ratees, reports), sorted.
     subjects: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if TASK_KINDS[self.kind].action != self.action:
+            raise ValueError(f"a {self.kind!r} task is not {self.action!r} (see task_kinds)")
 
 
 @runtime_checkable

@@ -25,7 +25,7 @@ from perfcycle.core import clock
 from perfcycle.core.errors import InvalidInput
 from perfcycle.domain import audit
 from perfcycle.domain.models import Employee, OutboxMessage, PortalSessionGeneration, TaskToken
-from perfcycle.notifications import links, outbox
+from perfcycle.notifications import links, outbox, task_kinds
 from perfcycle.web import i18n, security
 from perfcycle.web.deps import (
     CsrfForm,
@@ -43,24 +43,16 @@ from perfcycle.web.deps import (
 
 router = APIRouter()
 
-SIGN_IN_KIND = "sign_in"
 SIGN_IN_TEMPLATE = "sign_in_link"
 SIGN_IN_LINK_LIFETIME = timedelta(hours=4)
 # Per address and hour: enough for a lost mail or two, too few to flood someone's inbox.
 SIGN_IN_MAILS_PER_HOUR = 3
 MAX_EMAIL_CHARS = 320
-# Where a link lands, by its task kind; other kinds land on the home page.
-TASK_PAGES = {
-    "evaluation": "/evaluations",
-    "goals": "/goals",
-    "goals_approval": "/goals",
-    "results": "/me",
-}
 
 
 def task_page(row: TaskToken) -> str:
-    path = TASK_PAGES.get(row.task_kind)
-    return f"{path}?cycle={row.cycle_id}" if path else "/"
+    """Where the link lands: its kind's page (perfcycle.notifications.task_kinds), else home."""
+    return task_kinds.landing(row.task_kind, row.cycle_id)
 
 
 # ---------------------------------------------------------------- opening a link
@@ -73,7 +65,7 @@ def open_link(request: Request, token: str, session: SessionDep) -> Response:
         if current is not None:  # already signed in as the link's person: nothing to grant
             return _landing(row, current)
         raise _used_link(request, row)
-    if row.task_kind == SIGN_IN_KIND:
+    if row.task_kind == task_kinds.SIGN_IN:
         # Mail scanners open links to check them: a GET must not use up a one-time link. The
         # person confirms with a button (POST below), which a scanner does not press.
         response = render(request, "auth_continue.html", {"token": token})
@@ -86,7 +78,7 @@ def open_link(request: Request, token: str, session: SessionDep) -> Response:
 def confirm_sign_in(request: Request, token: str, session: SessionDep, form: CsrfForm) -> Response:
     """The sign-in link's button: uses the link up and signs the browser in."""
     row, current = _checked_link(request, session, token)
-    if row.task_kind != SIGN_IN_KIND:
+    if row.task_kind != task_kinds.SIGN_IN:
         raise PageError(400, "bad_request", "only a sign-in link is confirmed with a POST")
     if row.used_at is not None:
         raise _used_link(request, row)
@@ -144,7 +136,7 @@ def _landing(row: TaskToken, base: security.SessionData) -> Response:
 
 
 def _used_link(request: Request, row: TaskToken) -> PageError:
-    key = "link_used_sign_in_text" if row.task_kind == SIGN_IN_KIND else "link_used_open_text"
+    key = "link_used_sign_in_text" if row.task_kind == task_kinds.SIGN_IN else "link_used_open_text"
     when = row.used_at.strftime("%Y-%m-%d %H:%M UTC") if row.used_at else ""
     message = i18n.translate(key, locale_of(request), when=when)
     return PageError(409, "link_used", message, renewal_form=True)
@@ -248,7 +240,9 @@ def _sign_in_mails_last_hour(session: Session, email: str, now: datetime) -> int
 
 def _enqueue_sign_in_link(session: Session, employee: Employee, now: datetime) -> None:
     expires_at = now + SIGN_IN_LINK_LIFETIME
-    url = links.issue_link(session, employee.id, None, SIGN_IN_KIND, SIGN_IN_KIND, expires_at)
+    url = links.issue_link(
+        session, employee.id, None, task_kinds.SIGN_IN, task_kinds.SIGN_IN, expires_at
+    )
     token_hash = links.hash_token(links.token_of(url))
     outbox.enqueue(
         session,

@@ -28,6 +28,7 @@ from perfcycle.core import clock
 from perfcycle.core.settings import get_settings
 from perfcycle.domain.models import Cycle, Participant
 from perfcycle.domain.stages.base import PendingTask
+from perfcycle.notifications import task_kinds
 from perfcycle.notifications.reminders import OpenStage, describe, open_people_stages
 from perfcycle.web import i18n, services
 from perfcycle.web.deps import (
@@ -39,7 +40,6 @@ from perfcycle.web.deps import (
     viewer_of,
 )
 from perfcycle.web.routes import hr
-from perfcycle.web.routes.auth import TASK_PAGES
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -203,14 +203,8 @@ def task_of(stage: OpenStage, task: PendingTask, locale: str, now: datetime) -> 
         action=task.action,
         due_at=due_at,
         overdue=now >= due_at,
-        href=task_href(task, stage.cycle.id),
+        href=task_kinds.page_of(task.kind, stage.cycle.id),
     )
-
-
-def task_href(task: PendingTask, cycle_id: int) -> str | None:
-    """The page a task's mail link lands on (routes/auth.py TASK_PAGES), without the token."""
-    path = TASK_PAGES.get(task.kind)
-    return f"{path}?cycle={cycle_id}" if path else None
 
 
 # ---------------------------------------------------------------- where else to go

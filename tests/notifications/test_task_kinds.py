@@ -1,0 +1,84 @@
+"""The task-kind registry agrees with what the code creates: every kind a stage, the reminders or
+the portal names is registered, with its action worded and its mails real templates."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import get_args
+
+import pytest
+
+import perfcycle
+from perfcycle.domain.policy import TEMPLATES, Role
+from perfcycle.domain.stages.base import PendingTask
+from perfcycle.notifications import task_kinds, vocabulary
+from perfcycle.notifications.task_kinds import TASK_KINDS, TaskKind
+from perfcycle.web.routes.auth import SIGN_IN_TEMPLATE
+
+PACKAGE = Path(perfcycle.__file__).resolve().parent
+
+
+def declared_kinds() -> dict[str, set[tuple[str, str | None]]]:
+    """Every kind written in the code's TaskLink(...) and PendingTask(...) calls, by the file
+    that writes it, with the action a PendingTask pairs it with."""
+    found: dict[str, set[tuple[str, str | None]]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+                continue
+            args = [a.value if isinstance(a, ast.Constant) else None for a in node.args]
+            if node.func.id == "TaskLink" and args and isinstance(args[0], str):
+                pair: tuple[str, str | None] = (args[0], None)
+            elif node.func.id == "PendingTask" and len(args) >= 3 and isinstance(args[2], str):
+                pair = (args[2], str(args[1]))
+            else:
+                continue
+            found.setdefault(str(path.relative_to(PACKAGE)), set()).add(pair)
+    return found
+
+
+def test_the_registry_lists_every_kind_of_the_type() -> None:
+    assert set(TASK_KINDS) == set(get_args(TaskKind))
+
+
+def test_every_kind_the_code_creates_is_registered_with_its_action() -> None:
+    declared = declared_kinds()
+    # The scan sees the stage modules and the check-in reminders, or it proves nothing.
+    assert {"domain/stages/evaluation.py", "notifications/reminders.py"} <= set(declared)
+    for where, pairs in declared.items():
+        for kind, action in pairs:
+            assert kind in TASK_KINDS, f"{where}: kind {kind!r} is not registered"
+            if action is not None:
+                assert TASK_KINDS[kind].action == action, f"{where}: {kind!r} is not {action!r}"
+    written = {kind for pairs in declared.values() for kind, _ in pairs}
+    assert written | {task_kinds.SIGN_IN} == set(TASK_KINDS), "a registered kind nobody creates"
+
+
+def test_every_action_is_worded_and_every_mail_is_a_template() -> None:
+    actions = {entry.action for entry in TASK_KINDS.values() if entry.action is not None}
+    assert actions == set(vocabulary.TASK_ACTIONS)
+    for kind, entry in TASK_KINDS.items():
+        assert entry.events, kind
+        assert set(entry.events) <= set(TEMPLATES) | {SIGN_IN_TEMPLATE}, kind
+        if entry.action is not None:
+            # A pending task is listed in the reminder digest with its link.
+            assert "reminder" in entry.events and entry.wording is not None, kind
+
+
+def test_a_page_is_given_for_the_cycle_and_an_unknown_kind_lands_home() -> None:
+    assert task_kinds.page_of("goals_approval", 7) == "/goals?cycle=7"
+    assert task_kinds.page_of("appeal", 7) is None
+    assert task_kinds.landing("appeal", 7) == task_kinds.HOME
+    assert task_kinds.landing("no_such_kind", 7) == task_kinds.HOME
+    assert task_kinds.landing(task_kinds.SIGN_IN, None) == task_kinds.HOME
+
+
+def test_a_link_or_task_that_disagrees_with_the_registry_is_refused() -> None:
+    task_kinds.check_link("goals", "goals_returned")
+    with pytest.raises(ValueError, match="does not list"):
+        task_kinds.check_link("goals", "results_released")
+    with pytest.raises(ValueError, match="not in"):
+        task_kinds.check_link("goal", "goals_returned")
+    with pytest.raises(ValueError, match="is not 'evaluate'"):
+        PendingTask(Role.employee, "evaluate", "goals", "target_setting:1")
