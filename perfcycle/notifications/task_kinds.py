@@ -82,7 +82,10 @@ def page_of(kind: str, cycle_id: int | None) -> str | None:
     entry = info(kind)
     if entry is None or entry.page is None:
         return None
-    return f"{entry.page}?cycle={cycle_id}" if cycle_id is not None else entry.page
+    # The home page lists every cycle's tasks: it takes no cycle.
+    if cycle_id is None or entry.page == HOME:
+        return entry.page
+    return f"{entry.page}?cycle={cycle_id}"
 
 
 def landing(kind: str, cycle_id: int | None) -> str:

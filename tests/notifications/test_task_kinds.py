@@ -71,7 +71,7 @@ def test_a_page_is_given_for_the_cycle_and_an_unknown_kind_lands_home() -> None:
     assert task_kinds.page_of("appeal", 7) is None
     assert task_kinds.landing("appeal", 7) == task_kinds.HOME
     assert task_kinds.landing("no_such_kind", 7) == task_kinds.HOME
-    assert task_kinds.landing(task_kinds.SIGN_IN, None) == task_kinds.HOME
+    assert task_kinds.landing(task_kinds.SIGN_IN, 7) == task_kinds.HOME
 
 
 def test_a_link_or_task_that_disagrees_with_the_registry_is_refused() -> None:
