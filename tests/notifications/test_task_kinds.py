@@ -10,9 +10,9 @@ from typing import get_args
 import pytest
 
 import perfcycle
-from perfcycle.domain.policy import TEMPLATES, Role
 from perfcycle.domain.stages.base import PendingTask
 from perfcycle.notifications import task_kinds, vocabulary
+from perfcycle.notifications.events import TEMPLATES, Role
 from perfcycle.notifications.task_kinds import TASK_KINDS, TaskKind
 from perfcycle.web.routes.auth import SIGN_IN_TEMPLATE
 

@@ -7,10 +7,10 @@ from typing import get_args
 import pytest
 
 from perfcycle.domain.models import StageName
-from perfcycle.domain.policy import GROUP_ROLES, Role
 from perfcycle.domain.reports import stage_heading
 from perfcycle.domain.stages.base import PendingTask
 from perfcycle.notifications import reminders, render, vocabulary
+from perfcycle.notifications.events import GROUP_ROLES, Role
 from perfcycle.notifications.vocabulary import Words
 from perfcycle.web import i18n
 
