@@ -1,27 +1,31 @@
-"""Shared fixtures: a fresh SQLite file per test, and a fresh PostgreSQL database when asked."""
+"""Shared fixtures: a migrated SQLite file per test, and a migrated PostgreSQL database when asked.
+
+The migrations run once per session (a template) and each test gets its own copy, so a test may
+write freely; tests/core/test_migrations.py migrates empty databases itself.
+"""
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy.orm import Session
 
-from perfcycle.core import migrate
-from perfcycle.core.db import get_engine, session_scope
+from perfcycle.core.db import session_scope
+from tests.support import databases
 
-PG_ADMIN_DSN = os.environ.get("PERFCYCLE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite file migrated to head once per session; copy it, never write to it."""
+    return databases.migrated_sqlite(tmp_path_factory.mktemp("template") / "perfcycle.db")
 
 
 @pytest.fixture
-def db_url(tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch) -> str:
+def db_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sqlite_template: str) -> str:
     monkeypatch.setenv("PERFCYCLE_HOME", str(tmp_path))
-    url = f"sqlite:///{tmp_path}/perfcycle.db"
-    migrate.upgrade(url)
-    return url
+    return databases.copy_sqlite(sqlite_template, tmp_path / "perfcycle.db")
 
 
 @pytest.fixture
@@ -30,34 +34,25 @@ def session(db_url: str) -> Iterator[Session]:
         yield s
 
 
-def _pg_available() -> bool:
-    try:
-        with psycopg.connect(PG_ADMIN_DSN, connect_timeout=3):
-            return True
-    except psycopg.Error:
-        return False
-
-
 @pytest.fixture
 def pg_empty_url() -> Iterator[str]:
     """A new, empty PostgreSQL database for one test, dropped afterwards."""
-    if not _pg_available():
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI and not reachable at {PG_ADMIN_DSN}")
-        pytest.skip("PostgreSQL not reachable")
-    name = f"perfcycle_t_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    yield url
-    get_engine(url).dispose()
-    get_engine.cache_clear()
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    databases.require_pg()
+    with databases.pg_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """The name of a PostgreSQL database migrated to head once per session, dropped at the end."""
+    databases.require_pg()
+    name = databases.migrated_pg_template()
+    yield name
+    databases.drop_pg_database(name)
 
 
 @pytest.fixture
-def pg_url(pg_empty_url: str) -> str:
+def pg_url(pg_template: str) -> Iterator[str]:
     """A fresh PostgreSQL database with the schema from the migrations."""
-    migrate.upgrade(pg_empty_url)
-    return pg_empty_url
+    with databases.pg_database(template=pg_template) as url:
+        yield url

@@ -1,7 +1,7 @@
 """The `perfcycle` command line as scripts and operators use it: exit codes, output shapes, errors.
 
-Each test runs perfcycle.cli.main.main in-process against the demo organisation in a fresh SQLite
-file.
+Each test runs perfcycle.cli.main.main in-process against the demo organisation in its own SQLite
+file: a copy of one built per module, with or without a finished cycle.
 The --json shapes and the CSV columns are a contract (integrations parse them).
 """
 
@@ -12,6 +12,7 @@ import io
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from perfcycle.domain.models import (
 )
 from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages.evaluation import items_for
+from tests.support import databases
 from tests.support.cycle import (
     DemoOrg,
     launch,
@@ -59,16 +61,57 @@ def _forget_connections() -> None:
     get_engine.cache_clear()
 
 
-@pytest.fixture
-def demo(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DemoOrg]:
-    """The demo organisation in the database the CLI is configured with."""
-    org = prepare_demo_org(db_url, tmp_path)
-    monkeypatch.setenv("PERFCYCLE_TICKETS_URL", org.tickets_url)
+@dataclass(frozen=True)
+class Built:
+    """Databases built once per module, copied into each test that starts from them."""
+
+    org: DemoOrg  # the demo organisation, no cycle yet
+    finished_url: str  # the same, plus one finished internal-service cycle
+    finished_id: int
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, sqlite_template: str) -> Iterator[Built]:
+    folder = tmp_path_factory.mktemp("cli")
+    org_url = databases.copy_sqlite(sqlite_template, folder / "org.db")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PERFCYCLE_HOME", str(folder))
+        org = prepare_demo_org(org_url, folder)
+        env.setenv("PERFCYCLE_TICKETS_URL", org.tickets_url)
+        _forget_connections()
+        finished_url = databases.copy_sqlite(org_url, folder / "finished.db")
+        cycle_id = launch(finished_url, "internal-service", PERIOD)
+        play_whole_cycle(finished_url, cycle_id)
+    _forget_connections()
+    yield Built(org, finished_url, cycle_id)
+
+
+def _configure(
+    source_url: str, built: Built, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> DemoOrg:
+    """A copy of `source_url` at `db_url` (this test's own file), set up as the CLI's database."""
+    databases.copy_sqlite(source_url, databases.sqlite_path(db_url))
+    monkeypatch.setenv("PERFCYCLE_TICKETS_URL", built.org.tickets_url)
     monkeypatch.setenv("PERFCYCLE_DATABASE_URL", db_url)
     # Nothing listens there: a command tested here that reached for Prefect would fail loudly.
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
     _forget_connections()
-    yield org
+    return replace(built.org, url=db_url)
+
+
+@pytest.fixture
+def demo(built: Built, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[DemoOrg]:
+    """The demo organisation in the database the CLI is configured with."""
+    yield _configure(built.org.url, built, db_url, monkeypatch)
+    _forget_connections()
+
+
+@pytest.fixture
+def finished(
+    built: Built, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[DemoOrg, int]]:
+    """The demo organisation with one finished internal-service cycle of PERIOD, and its id."""
+    yield _configure(built.finished_url, built, db_url, monkeypatch), built.finished_id
     _forget_connections()
 
 
@@ -85,12 +128,6 @@ def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
     return json.loads(out)
 
 
-def finished_cycle(demo: DemoOrg, policy: str = "internal-service") -> int:
-    cycle_id = launch(demo.url, policy, PERIOD)
-    play_whole_cycle(demo.url, cycle_id)
-    return cycle_id
-
-
 def count_cycles(url: str) -> int:
     with session_scope(url) as session:
         return session.scalar(select(func.count()).select_from(Cycle)) or 0
@@ -99,10 +136,11 @@ def count_cycles(url: str) -> int:
 # ---------------------------------------------------------------- cycle list / status
 
 
-def test_cycle_list_json_is_newest_first(demo: DemoOrg, capsys: pytest.CaptureFixture[str]) -> None:
-    older = launch(demo.url, "internal-service", PERIOD)
+def test_cycle_list_json_is_newest_first(
+    finished: tuple[DemoOrg, int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    demo, older = finished
     newer = launch(demo.url, "professional-support", "2026-11")
-    play_whole_cycle(demo.url, older)
 
     rows = run_json(capsys, "cycle", "list", "--json")
 
@@ -115,9 +153,9 @@ def test_cycle_list_json_is_newest_first(demo: DemoOrg, capsys: pytest.CaptureFi
 
 
 def test_cycle_status_json_shape_for_a_finished_and_a_running_cycle(
-    demo: DemoOrg, capsys: pytest.CaptureFixture[str]
+    finished: tuple[DemoOrg, int], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    done = finished_cycle(demo)
+    demo, done = finished
     running = launch(demo.url, "professional-support", PERIOD)
     run_until_wait(demo.url, running)
 
@@ -163,9 +201,9 @@ def test_status_and_results_of_an_unknown_cycle_exit_2(
 
 
 def test_results_json_one_object_per_employee(
-    demo: DemoOrg, capsys: pytest.CaptureFixture[str]
+    finished: tuple[DemoOrg, int], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cycle_id = finished_cycle(demo)
+    demo, cycle_id = finished
 
     rows = run_json(capsys, "results", str(cycle_id), "--json")
 
@@ -199,9 +237,9 @@ def test_results_json_one_object_per_employee(
 
 
 def test_results_csv_has_a_row_per_employee(
-    demo: DemoOrg, capsys: pytest.CaptureFixture[str]
+    finished: tuple[DemoOrg, int], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cycle_id = finished_cycle(demo)
+    demo, cycle_id = finished
     as_json = {r["employee_id"]: r for r in run_json(capsys, "results", str(cycle_id), "--json")}
 
     code, out, err = run(capsys, "results", str(cycle_id), "--csv")
@@ -221,9 +259,9 @@ def test_results_csv_has_a_row_per_employee(
 
 
 def test_audit_verify_passes_then_names_the_altered_row(
-    demo: DemoOrg, capsys: pytest.CaptureFixture[str]
+    finished: tuple[DemoOrg, int], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    finished_cycle(demo)
+    demo, _ = finished
     code, out, _ = run(capsys, "audit", "verify")
     assert code == 0
     assert "audit chain OK" in out

@@ -1,0 +1,125 @@
+"""Migrated databases for tests without running Alembic per test.
+
+The schema is built once per pytest session by the real migrations (a SQLite file, a PostgreSQL
+template database); each test gets a byte copy (SQLite) or a `CREATE DATABASE ... TEMPLATE`
+clone (PostgreSQL). tests/core/test_migrations.py still migrates empty databases itself.
+
+The same copying serves fixtures that build an expensive state once per module (finished demo
+cycles) and hand each test its own copy to write to.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from perfcycle.core import migrate
+from perfcycle.core.db import get_engine
+
+PG_ADMIN_DSN = os.environ.get(
+    "PERFCYCLE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+# Named per session so pytest runs started at the same time never share (or drop) a template.
+PG_PREFIX = "perfcycle_t_"
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def sqlite_path(url: str) -> Path:
+    return Path(url.split("///", 1)[1])
+
+
+def migrated_sqlite(path: Path) -> str:
+    """Run every migration on a new SQLite file at `path`; returns its URL."""
+    url = sqlite_url(path)
+    migrate.upgrade(url)
+    return url
+
+
+def copy_sqlite(source_url: str, target: Path) -> str:
+    """Copy the SQLite database at `source_url` to `target` (a file path); returns its URL.
+
+    Everything still in the write-ahead log is folded into the main file first, so the one file
+    copied holds all committed data (idle pooled connections hold no transaction and may stay).
+    """
+    source = sqlite_path(source_url)
+    conn = sqlite3.connect(source, timeout=30)
+    try:
+        busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        conn.close()
+    # Busy means a connection is still inside a transaction: the copy could miss its writes.
+    assert busy == 0, f"{source} is in use; finish its transactions before copying it"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{target}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(source, target)
+    return sqlite_url(target)
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+def pg_available() -> bool:
+    try:
+        with psycopg.connect(PG_ADMIN_DSN, connect_timeout=3):
+            return True
+    except psycopg.Error:
+        return False
+
+
+def require_pg() -> None:
+    """Skip the test (fail it in CI) when PostgreSQL is not reachable."""
+    if not pg_available():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI and not reachable at {PG_ADMIN_DSN}")
+        pytest.skip("PostgreSQL not reachable")
+
+
+def create_pg_database(template: str | None = None) -> str:
+    """A new PostgreSQL database (a clone of `template` when given); returns its name."""
+    name = f"{PG_PREFIX}{uuid.uuid4().hex[:10]}"
+    clause = f' TEMPLATE "{template}"' if template else ""
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"{clause}')
+    return name
+
+
+def drop_pg_database(name: str) -> None:
+    url = PG_URL.format(name=name)
+    get_engine(url).dispose()
+    get_engine.cache_clear()
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def pg_database(template: str | None = None) -> Iterator[str]:
+    """A new PostgreSQL database's URL for the length of the block, dropped afterwards."""
+    name = create_pg_database(template)
+    try:
+        yield PG_URL.format(name=name)
+    finally:
+        drop_pg_database(name)
+
+
+def migrated_pg_template() -> str:
+    """A new database migrated to head, to be cloned; returns its name.
+
+    migrate.upgrade disposes its private engine, so no session is left connected to the template
+    (CREATE DATABASE ... TEMPLATE refuses a template that anyone is connected to).
+    """
+    name = create_pg_database()
+    migrate.upgrade(PG_URL.format(name=name))
+    return name
