@@ -13,13 +13,29 @@ import pytest
 from sqlalchemy.orm import Session
 
 from perfcycle.core.db import session_scope
+from perfcycle.core.settings import get_settings
 from tests.support import databases
+from tests.support.cycle import DemoOrg, prepare_demo_org
 
 
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A SQLite file migrated to head once per session; copy it, never write to it."""
     return databases.migrated_sqlite(tmp_path_factory.mktemp("template") / "perfcycle.db")
+
+
+@pytest.fixture(scope="session")
+def demo_org_built(tmp_path_factory: pytest.TempPathFactory, sqlite_template: str) -> DemoOrg:
+    """The demo organisation imported once per session; tests take a copy with
+    databases.copy_demo_org(demo_org_built, db_url, tmp_path)."""
+    folder = tmp_path_factory.mktemp("demo-org")
+    url = databases.copy_sqlite(sqlite_template, folder / "perfcycle.db")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PERFCYCLE_HOME", str(folder))
+        get_settings.cache_clear()
+        org = prepare_demo_org(url, folder)
+    get_settings.cache_clear()
+    return org
 
 
 @pytest.fixture

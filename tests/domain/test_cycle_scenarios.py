@@ -26,7 +26,6 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.schema import Table
 
-from perfcycle.core import migrate
 from perfcycle.core.db import UTCDateTime, get_engine, session_scope
 from perfcycle.core.errors import InvalidInput
 from perfcycle.core.settings import REPO_ROOT, get_settings
@@ -50,6 +49,7 @@ from perfcycle.domain.stages import evaluation as evaluation_stage
 from perfcycle.domain.stages import target_setting as target_setting_stage
 from perfcycle.domain.stages.evaluation import submit_evaluation
 from perfcycle.notifications import notify, outbox
+from tests.support import databases
 from tests.support.cycle import (
     DemoOrg,
     InjectedCrash,
@@ -64,6 +64,7 @@ from tests.support.cycle import (
     run_until_wait,
     table_rows,
 )
+from tests.support.databases import sqlite_url
 
 PERIOD = "2026-Q4"
 SHIPPED = ["external-service", "internal-service", "professional-support"]
@@ -76,13 +77,54 @@ T0 = datetime(2027, 1, 4, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def demo(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DemoOrg]:
+def demo(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_org_built: DemoOrg
+) -> Iterator[DemoOrg]:
     """The demo organisation in the test database, its ticket system beside it."""
-    org = prepare_demo_org(db_url, tmp_path)
+    org = databases.copy_demo_org(demo_org_built, db_url, tmp_path)
     monkeypatch.setenv("PERFCYCLE_TICKETS_URL", org.tickets_url)
     get_settings.cache_clear()
     yield org
     get_settings.cache_clear()
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A cycle of one shipped policy played to the end on the demo organisation, once per
+    module; tests that write to it take a copy (finished_copy)."""
+
+    url: str
+    cycle_id: int
+    waits: list[str]
+
+
+@pytest.fixture(scope="module")
+def finished(
+    tmp_path_factory: pytest.TempPathFactory, demo_org_built: DemoOrg
+) -> dict[str, Finished]:
+    out: dict[str, Finished] = {}
+    for policy_name in SHIPPED:
+        folder = tmp_path_factory.mktemp(f"finished-{policy_name}")
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("PERFCYCLE_HOME", str(folder))
+            env.delenv("PERFCYCLE_NOW", raising=False)
+            env.delenv("PERFCYCLE_POLICIES_DIR", raising=False)
+            url = sqlite_url(folder / "perfcycle.db")
+            org = databases.copy_demo_org(demo_org_built, url, folder)
+            env.setenv("PERFCYCLE_TICKETS_URL", org.tickets_url)
+            get_settings.cache_clear()
+            cycle_id = launch(url, policy_name, PERIOD)
+            waits = play_whole_cycle(url, cycle_id).waits
+        get_settings.cache_clear()
+        out[policy_name] = Finished(url, cycle_id, waits)
+    return out
+
+
+def finished_copy(finished: Finished, demo: DemoOrg) -> int:
+    """Make `demo`'s database a copy of `finished` (same organisation, same tickets); returns
+    the finished cycle's id."""
+    databases.copy_sqlite(finished.url, databases.sqlite_path(demo.url))
+    return finished.cycle_id
 
 
 def use_policies(
@@ -182,11 +224,12 @@ def assert_same_rows(
 
 
 @pytest.mark.parametrize("policy_name", SHIPPED)
-def test_a_whole_cycle_of_each_shipped_policy_completes(demo: DemoOrg, policy_name: str) -> None:
-    cycle_id = launch(demo.url, policy_name, PERIOD)
-    outcome = play_whole_cycle(demo.url, cycle_id)
+def test_a_whole_cycle_of_each_shipped_policy_completes(
+    demo: DemoOrg, finished: dict[str, Finished], policy_name: str
+) -> None:
+    cycle_id = finished_copy(finished[policy_name], demo)
 
-    assert "calibration:approval" in outcome.waits
+    assert "calibration:approval" in finished[policy_name].waits
     with session_scope(demo.url) as session:
         cycle = engine.get_cycle(session, cycle_id)
         policy = cycle_policy(cycle)
@@ -249,9 +292,10 @@ def _assert_one_assignment_mail_per_rater(session: Session, cycle_id: int) -> No
 # ---------------------------------------------------------------- 2. nothing done twice
 
 
-def test_rerunning_a_finished_cycle_changes_nothing(demo: DemoOrg) -> None:
-    cycle_id = launch(demo.url, "external-service", PERIOD)
-    play_whole_cycle(demo.url, cycle_id)
+def test_rerunning_a_finished_cycle_changes_nothing(
+    demo: DemoOrg, finished: dict[str, Finished]
+) -> None:
+    cycle_id = finished_copy(finished["external-service"], demo)
     before = table_rows(demo.url)
 
     assert run_until_wait(demo.url, cycle_id).wait == "finished"
@@ -400,21 +444,10 @@ class CrashOnce:
 
 
 @pytest.fixture(scope="module")
-def reference_records(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
+def reference_records(finished: dict[str, Finished]) -> dict[str, list[str]]:
     """The external-service cycle, undisturbed, on a database of its own with the same inputs:
     what every disturbed run must converge to."""
-    folder = tmp_path_factory.mktemp("reference")
-    url = f"sqlite:///{folder}/reference.db"
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("PERFCYCLE_HOME", str(folder))
-        migrate.upgrade(url)
-        org = prepare_demo_org(url, folder)
-        env.setenv("PERFCYCLE_TICKETS_URL", org.tickets_url)
-        get_settings.cache_clear()
-        play_whole_cycle(url, launch(url, "external-service", PERIOD))
-        records = domain_records(url)
-    get_settings.cache_clear()
-    return records
+    return domain_records(finished["external-service"].url)
 
 
 def _goals_written(session: Session) -> int:
@@ -1075,14 +1108,14 @@ def test_a_launch_of_a_policy_that_fails_its_checks_names_file_line_and_field(
 
 @pytest.mark.postgres
 def test_the_same_cycle_on_postgresql_gives_the_same_results(
-    demo: DemoOrg, pg_url: str, tmp_path: Path
+    demo: DemoOrg, finished: dict[str, Finished], pg_url: str, tmp_path: Path
 ) -> None:
     folder = tmp_path / "pg"
     folder.mkdir()
     prepare_demo_org(pg_url, folder)
-    on_sqlite = launch(demo.url, "external-service", PERIOD)
+    on_sqlite = finished_copy(finished["external-service"], demo)
     on_postgres = launch(pg_url, "external-service", PERIOD)
-    sqlite_waits = play_whole_cycle(demo.url, on_sqlite).waits
+    sqlite_waits = finished["external-service"].waits
     postgres_waits = play_whole_cycle(pg_url, on_postgres).waits
 
     assert postgres_waits == sqlite_waits
@@ -1109,20 +1142,16 @@ def _results(url: str, cycle_id: int) -> dict[str, tuple[float, str, dict[str, f
 # ---------------------------------------------------------------- 8. audit tampering
 
 
-def _finished_cycle(demo: DemoOrg) -> int:
-    cycle_id = launch(demo.url, "internal-service", PERIOD)
-    play_whole_cycle(demo.url, cycle_id)
-    return cycle_id
-
-
 def _mid_chain_event(url: str) -> int:
     """An event from the middle of the chain: the first results.computed one."""
     [first, *_] = audit_actions(url, "results.computed")
     return first.id
 
 
-def test_an_altered_audit_row_is_named_by_verify(demo: DemoOrg) -> None:
-    _finished_cycle(demo)
+def test_an_altered_audit_row_is_named_by_verify(
+    demo: DemoOrg, finished: dict[str, Finished]
+) -> None:
+    finished_copy(finished["internal-service"], demo)
     target = _mid_chain_event(demo.url)
     raw = get_engine(demo.url)
     with pytest.raises(DBAPIError, match="append-only"), raw.begin() as conn:
@@ -1143,8 +1172,8 @@ def test_an_altered_audit_row_is_named_by_verify(demo: DemoOrg) -> None:
     assert report.checked == target - 1
 
 
-def test_a_deleted_audit_row_is_detected(demo: DemoOrg) -> None:
-    _finished_cycle(demo)
+def test_a_deleted_audit_row_is_detected(demo: DemoOrg, finished: dict[str, Finished]) -> None:
+    finished_copy(finished["internal-service"], demo)
     target = _mid_chain_event(demo.url)
     raw = get_engine(demo.url)
     with pytest.raises(DBAPIError, match="append-only"), raw.begin() as conn:

@@ -32,12 +32,12 @@ from tests.domain.stages.test_interview_stage import (
     build_cycle,
     run_handler,
 )
+from tests.support import databases
 from tests.support.cycle import (
     DemoOrg,
     launch,
     play_until_waiting_at,
     play_whole_cycle,
-    prepare_demo_org,
 )
 
 SHIPPED = sorted((REPO_ROOT / "policies").glob("*.yaml"))
@@ -94,8 +94,10 @@ def write_policies(
 
 
 @pytest.fixture
-def demo(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DemoOrg]:
-    org = prepare_demo_org(db_url, tmp_path)
+def demo(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_org_built: DemoOrg
+) -> Iterator[DemoOrg]:
+    org = databases.copy_demo_org(demo_org_built, db_url, tmp_path)
     monkeypatch.setenv("PERFCYCLE_TICKETS_URL", org.tickets_url)
     get_settings.cache_clear()
     yield org

@@ -38,12 +38,12 @@ from tests.domain.stages.test_interview_stage import (
     run_handler,
 )
 from tests.notifications.test_notify import write_policies
+from tests.support import databases
 from tests.support.cycle import (
     DemoOrg,
     full_answers,
     launch,
     play_until_waiting_at,
-    prepare_demo_org,
     run_until_wait,
 )
 
@@ -55,8 +55,10 @@ DAY = timedelta(days=1)
 
 
 @pytest.fixture
-def demo(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DemoOrg]:
-    org = prepare_demo_org(db_url, tmp_path)
+def demo(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_org_built: DemoOrg
+) -> Iterator[DemoOrg]:
+    org = databases.copy_demo_org(demo_org_built, db_url, tmp_path)
     monkeypatch.setenv("PERFCYCLE_TICKETS_URL", org.tickets_url)
     get_settings.cache_clear()
     at(monkeypatch, T0)

@@ -10,6 +10,7 @@ cycles) and hand each test its own copy to write to.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import sqlite3
@@ -23,6 +24,7 @@ import pytest
 
 from perfcycle.core import migrate
 from perfcycle.core.db import get_engine
+from tests.support.cycle import DemoOrg
 
 PG_ADMIN_DSN = os.environ.get(
     "PERFCYCLE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -66,6 +68,17 @@ def copy_sqlite(source_url: str, target: Path) -> str:
         Path(f"{target}{suffix}").unlink(missing_ok=True)
     shutil.copyfile(source, target)
     return sqlite_url(target)
+
+
+def copy_demo_org(built: DemoOrg, url: str, folder: Path) -> DemoOrg:
+    """The demo organisation `built` once (SQLite), copied to the SQLite `url`, its ticket system
+    and org CSV copied into `folder`: what prepare_demo_org(url, folder) makes, without the
+    import. The caller points PERFCYCLE_TICKETS_URL at the copy's tickets_url."""
+    copy_sqlite(built.url, sqlite_path(url))
+    tickets = copy_sqlite(built.tickets_url, folder / sqlite_path(built.tickets_url).name)
+    org_csv = folder / built.org_csv.name
+    shutil.copyfile(built.org_csv, org_csv)
+    return DemoOrg(url, tickets, org_csv, copy.deepcopy(built.rows))
 
 
 # ---------------------------------------------------------------- PostgreSQL
