@@ -21,8 +21,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
-from perfcycle.core import migrate
+from perfcycle.core import db, migrate
 from perfcycle.core.db import get_engine
 from tests.support.cycle import DemoOrg
 
@@ -100,19 +101,39 @@ def require_pg() -> None:
         pytest.skip("PostgreSQL not reachable")
 
 
-def create_pg_database(template: str | None = None) -> str:
+def create_pg_database(template: str | None = None, name: str | None = None) -> str:
     """A new PostgreSQL database (a clone of `template` when given); returns its name."""
-    name = f"{PG_PREFIX}{uuid.uuid4().hex[:10]}"
+    name = name or f"{PG_PREFIX}{uuid.uuid4().hex[:10]}"
     clause = f' TEMPLATE "{template}"' if template else ""
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"{clause}')
     return name
 
 
-def drop_pg_database(name: str) -> None:
-    url = PG_URL.format(name=name)
-    get_engine(url).dispose()
+def pg_name(url: str) -> str:
+    name = make_url(url).database
+    assert name, url
+    return name
+
+
+def release_pg(url: str) -> None:
+    """Close this process's pooled connections to `url`, so it can serve as a template."""
+    # get_engine's cache may have evicted the engine its sessionmaker still holds: close both.
+    for engine in {get_engine(url), db._sessionmaker(url).kw["bind"]}:
+        engine.dispose()
     get_engine.cache_clear()
+    db._sessionmaker.cache_clear()
+
+
+def replace_pg_database(url: str, template: str) -> None:
+    """Make the database at `url` a fresh clone of `template`, under the same name."""
+    name = pg_name(url)
+    drop_pg_database(name)
+    create_pg_database(template, name)
+
+
+def drop_pg_database(name: str) -> None:
+    release_pg(PG_URL.format(name=name))
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

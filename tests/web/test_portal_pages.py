@@ -12,6 +12,8 @@ import importlib
 import logging
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,9 @@ from perfcycle.web import i18n
 from perfcycle.web.app import create_app
 from perfcycle.web.routes import ROUTERS
 from tests.notifications.test_relay import Recorder, Server
+from tests.support import databases
 from tests.support.cycle import (
+    DemoOrg,
     agree_goals_but_one,
     decide,
     full_answers,
@@ -90,6 +94,10 @@ def freeze(monkeypatch: pytest.MonkeyPatch, moment: datetime) -> None:
 
 def start_cycle(url: str, folder: Path, monkeypatch: pytest.MonkeyPatch) -> int:
     org = prepare_demo_org(url, folder)
+    return launch_at_t0(url, org, monkeypatch)
+
+
+def launch_at_t0(url: str, org: DemoOrg, monkeypatch: pytest.MonkeyPatch) -> int:
     monkeypatch.setenv("PERFCYCLE_TICKETS_URL", org.tickets_url)
     get_settings.cache_clear()
     freeze(monkeypatch, T0)
@@ -104,9 +112,64 @@ def db_url(request: pytest.FixtureRequest, db_url: str) -> str:
     return db_url if request.param == "sqlite" else str(request.getfixturevalue("pg_url"))
 
 
+@dataclass(frozen=True)
+class Started:
+    """A cycle started at T0 (waiting at target setting), built once per module and backend."""
+
+    url: str
+    org: DemoOrg
+    cycle_id: int
+
+
+@contextmanager
+def building(folder: Path) -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PERFCYCLE_HOME", str(folder))
+        env.delenv("PERFCYCLE_POLICIES_DIR", raising=False)
+        yield env
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def started_sqlite(tmp_path_factory: pytest.TempPathFactory, demo_org_built: DemoOrg) -> Started:
+    folder = tmp_path_factory.mktemp("started")
+    with building(folder) as env:
+        url = databases.sqlite_url(folder / "perfcycle.db")
+        org = databases.copy_demo_org(demo_org_built, url, folder)
+        return Started(url, org, launch_at_t0(url, org, env))
+
+
+@pytest.fixture(scope="module")
+def started_pg(tmp_path_factory: pytest.TempPathFactory, pg_template: str) -> Iterator[Started]:
+    folder = tmp_path_factory.mktemp("started-pg")
+    name = databases.create_pg_database(pg_template)
+    url = databases.PG_URL.format(name=name)
+    try:
+        with building(folder) as env:
+            org = prepare_demo_org(url, folder)
+            started = Started(url, org, launch_at_t0(url, org, env))
+        databases.release_pg(url)
+        yield started
+    finally:
+        databases.drop_pg_database(name)
+
+
 @pytest.fixture
-def cycle(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    yield start_cycle(db_url, tmp_path, monkeypatch)
+def cycle(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[int]:
+    """This test's database (db_url) holds a copy of the module's started cycle."""
+    if db_url.startswith("sqlite"):
+        started: Started = request.getfixturevalue("started_sqlite")
+        databases.copy_sqlite(started.url, databases.sqlite_path(db_url))
+    else:
+        started = request.getfixturevalue("started_pg")
+        databases.replace_pg_database(db_url, databases.pg_name(started.url))
+    tickets = databases.copy_sqlite(started.org.tickets_url, tmp_path / "tickets.db")
+    monkeypatch.setenv("PERFCYCLE_TICKETS_URL", tickets)
+    get_settings.cache_clear()
+    freeze(monkeypatch, T0)
+    yield started.cycle_id
     get_settings.cache_clear()
 
 
