@@ -7,6 +7,7 @@ write freely; tests/core/test_migrations.py migrates empty databases itself.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,25 @@ def demo_org_built(tmp_path_factory: pytest.TempPathFactory, sqlite_template: st
         org = prepare_demo_org(url, folder)
     get_settings.cache_clear()
     return org
+
+
+@pytest.fixture(scope="session")
+def started_cycle(
+    tmp_path_factory: pytest.TempPathFactory, demo_org_built: DemoOrg
+) -> databases.StartedCycle:
+    """An external-service 2026-Q4 cycle on the demo organisation, launched on 4 Jan 2027 at
+    09:00 UTC and waiting at target setting (what tests/web/test_portal_pages.start_cycle
+    makes); tests take a copy with databases.use_started."""
+    folder = tmp_path_factory.mktemp("started-cycle")
+    policy, period, at = "external-service", "2026-Q4", datetime(2027, 1, 4, 9, 0, tzinfo=UTC)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PERFCYCLE_HOME", str(folder))
+        env.delenv("PERFCYCLE_POLICIES_DIR", raising=False)
+        url = databases.sqlite_url(folder / "perfcycle.db")
+        org = databases.copy_demo_org(demo_org_built, url, folder)
+        cycle_id = databases.start_demo_cycle(url, org, env, policy, period, at)
+    get_settings.cache_clear()
+    return databases.StartedCycle(url, org, cycle_id, policy, period, at)
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ import sqlite3
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -25,7 +27,8 @@ from sqlalchemy.engine import make_url
 
 from perfcycle.core import db, migrate
 from perfcycle.core.db import get_engine
-from tests.support.cycle import DemoOrg
+from perfcycle.core.settings import get_settings
+from tests.support.cycle import DemoOrg, launch, run_until_wait
 
 PG_ADMIN_DSN = os.environ.get(
     "PERFCYCLE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -157,3 +160,50 @@ def migrated_pg_template() -> str:
     name = create_pg_database()
     migrate.upgrade(PG_URL.format(name=name))
     return name
+
+
+# ---------------------------------------------------------------- a started demo cycle
+
+
+@dataclass(frozen=True)
+class StartedCycle:
+    """A cycle of `policy` for `period` launched on the demo organisation with the clock at `at`
+    and run until it waits at its first stage: built once, copied into each test."""
+
+    url: str
+    org: DemoOrg
+    cycle_id: int
+    policy: str
+    period: str
+    at: datetime
+
+
+def start_demo_cycle(
+    url: str,
+    org: DemoOrg,
+    monkeypatch: pytest.MonkeyPatch,
+    policy: str,
+    period: str,
+    at: datetime,
+) -> int:
+    """Launch `policy` on the demo organisation in `url` at `at` (the clock stays frozen there)
+    and run it until it waits at target setting; returns the cycle's id."""
+    monkeypatch.setenv("PERFCYCLE_TICKETS_URL", org.tickets_url)
+    monkeypatch.setenv("PERFCYCLE_NOW", at.isoformat())
+    get_settings.cache_clear()
+    cycle_id = launch(url, policy, period)
+    assert run_until_wait(url, cycle_id).stage == "target_setting"
+    return cycle_id
+
+
+def use_started(
+    started: StartedCycle, url: str, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> int:
+    """Make the SQLite `url` a copy of `started` (its tickets copied into `folder`), with the
+    environment start_demo_cycle leaves; returns the cycle's id."""
+    copy_sqlite(started.url, sqlite_path(url))
+    tickets = copy_sqlite(started.org.tickets_url, folder / "tickets.db")
+    monkeypatch.setenv("PERFCYCLE_TICKETS_URL", tickets)
+    monkeypatch.setenv("PERFCYCLE_NOW", started.at.isoformat())
+    get_settings.cache_clear()
+    return started.cycle_id

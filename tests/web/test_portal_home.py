@@ -26,6 +26,7 @@ from perfcycle.domain.stages.evaluation import submit_evaluation
 from perfcycle.domain.stages.target_setting import submit_goals
 from perfcycle.web import i18n, security
 from perfcycle.web.app import create_app
+from tests.support import databases
 from tests.support.cycle import full_answers, launch, run_until_wait
 from tests.web.test_portal_pages import (
     POLICY,
@@ -44,9 +45,14 @@ LINK = re.compile(r'<a (?:id="[^"]+" )?href="([^"]+)"')
 
 
 @pytest.fixture
-def goals_cycle(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+def goals_cycle(
+    db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    started_cycle: databases.StartedCycle,
+) -> Iterator[int]:
     """The demo organisation in an external-service cycle waiting at target_setting."""
-    yield start_cycle(db_url, tmp_path, monkeypatch)
+    yield databases.use_started(started_cycle, db_url, tmp_path, monkeypatch)
     get_settings.cache_clear()
 
 

@@ -13,7 +13,6 @@ import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,6 @@ from tests.support.cycle import (
     agree_goals_but_one,
     decide,
     full_answers,
-    launch,
     play_until_waiting_at,
     prepare_demo_org,
     run_until_wait,
@@ -98,27 +96,13 @@ def start_cycle(url: str, folder: Path, monkeypatch: pytest.MonkeyPatch) -> int:
 
 
 def launch_at_t0(url: str, org: DemoOrg, monkeypatch: pytest.MonkeyPatch) -> int:
-    monkeypatch.setenv("PERFCYCLE_TICKETS_URL", org.tickets_url)
-    get_settings.cache_clear()
-    freeze(monkeypatch, T0)
-    cycle_id = launch(url, POLICY, PERIOD)
-    assert run_until_wait(url, cycle_id).stage == "target_setting"
-    return cycle_id
+    return databases.start_demo_cycle(url, org, monkeypatch, POLICY, PERIOD, T0)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, db_url: str) -> str:
     """Every journey here on SQLite and on PostgreSQL (its SQL differs: FILTER, SKIP LOCKED)."""
     return db_url if request.param == "sqlite" else str(request.getfixturevalue("pg_url"))
-
-
-@dataclass(frozen=True)
-class Started:
-    """A cycle started at T0 (waiting at target setting), built once per module and backend."""
-
-    url: str
-    org: DemoOrg
-    cycle_id: int
 
 
 @contextmanager
@@ -131,23 +115,18 @@ def building(folder: Path) -> Iterator[pytest.MonkeyPatch]:
 
 
 @pytest.fixture(scope="module")
-def started_sqlite(tmp_path_factory: pytest.TempPathFactory, demo_org_built: DemoOrg) -> Started:
-    folder = tmp_path_factory.mktemp("started")
-    with building(folder) as env:
-        url = databases.sqlite_url(folder / "perfcycle.db")
-        org = databases.copy_demo_org(demo_org_built, url, folder)
-        return Started(url, org, launch_at_t0(url, org, env))
-
-
-@pytest.fixture(scope="module")
-def started_pg(tmp_path_factory: pytest.TempPathFactory, pg_template: str) -> Iterator[Started]:
+def started_pg(
+    tmp_path_factory: pytest.TempPathFactory, pg_template: str
+) -> Iterator[databases.StartedCycle]:
+    """started_cycle on PostgreSQL: a template database cloned per test."""
     folder = tmp_path_factory.mktemp("started-pg")
     name = databases.create_pg_database(pg_template)
     url = databases.PG_URL.format(name=name)
     try:
         with building(folder) as env:
             org = prepare_demo_org(url, folder)
-            started = Started(url, org, launch_at_t0(url, org, env))
+            cycle_id = launch_at_t0(url, org, env)
+            started = databases.StartedCycle(url, org, cycle_id, POLICY, PERIOD, T0)
         databases.release_pg(url)
         yield started
     finally:
@@ -158,18 +137,19 @@ def started_pg(tmp_path_factory: pytest.TempPathFactory, pg_template: str) -> It
 def cycle(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> Iterator[int]:
-    """This test's database (db_url) holds a copy of the module's started cycle."""
+    """This test's database (db_url) holds a copy of a started cycle (start_cycle's)."""
     if db_url.startswith("sqlite"):
-        started: Started = request.getfixturevalue("started_sqlite")
-        databases.copy_sqlite(started.url, databases.sqlite_path(db_url))
+        started: databases.StartedCycle = request.getfixturevalue("started_cycle")
+        assert (started.policy, started.period, started.at) == (POLICY, PERIOD, T0)
+        yield databases.use_started(started, db_url, tmp_path, monkeypatch)
     else:
         started = request.getfixturevalue("started_pg")
         databases.replace_pg_database(db_url, databases.pg_name(started.url))
-    tickets = databases.copy_sqlite(started.org.tickets_url, tmp_path / "tickets.db")
-    monkeypatch.setenv("PERFCYCLE_TICKETS_URL", tickets)
-    get_settings.cache_clear()
-    freeze(monkeypatch, T0)
-    yield started.cycle_id
+        tickets = databases.copy_sqlite(started.org.tickets_url, tmp_path / "tickets.db")
+        monkeypatch.setenv("PERFCYCLE_TICKETS_URL", tickets)
+        freeze(monkeypatch, T0)
+        get_settings.cache_clear()
+        yield started.cycle_id
     get_settings.cache_clear()
 
 

@@ -36,8 +36,9 @@ from perfcycle.domain.stages.evaluation import (
 )
 from perfcycle.domain.stages.target_setting import save_personal_goals
 from perfcycle.web import i18n
+from tests.support import databases
 from tests.support.cycle import decide, play_until_waiting_at, run_until_wait
-from tests.web.test_portal_pages import csrf_of, error_of, form_of, signed_in, start_cycle
+from tests.web.test_portal_pages import csrf_of, error_of, form_of, signed_in
 
 GOALS = [
     {
@@ -81,8 +82,13 @@ def manager_with_two_reports(session: Session, cycle_id: int) -> tuple[str, str,
 
 
 @pytest.fixture
-def setup(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Setup]:
-    cycle_id = start_cycle(db_url, tmp_path, monkeypatch)
+def setup(
+    db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    started_cycle: databases.StartedCycle,
+) -> Iterator[Setup]:
+    cycle_id = databases.use_started(started_cycle, db_url, tmp_path, monkeypatch)
     with session_scope(db_url) as s:
         manager, employee, other = manager_with_two_reports(s, cycle_id)
         assert save_personal_goals(s, cycle_id, employee, GOALS, actor=employee) == 2

@@ -34,6 +34,7 @@ from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages.evaluation import submit_evaluation
 from perfcycle.domain.stages.target_setting import submit_goals
 from perfcycle.web import security
+from tests.support import databases
 from tests.support.cycle import decide, full_answers, play_until_waiting_at, run_until_wait
 from tests.web.test_portal_home import outsider
 from tests.web.test_portal_pages import (
@@ -51,9 +52,14 @@ LINK = re.compile(r'href="([^"]+)"')
 
 
 @pytest.fixture
-def cycle(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+def cycle(
+    db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    started_cycle: databases.StartedCycle,
+) -> Iterator[int]:
     """The demo organisation in an external-service cycle waiting at target_setting."""
-    yield start_cycle(db_url, tmp_path, monkeypatch)
+    yield databases.use_started(started_cycle, db_url, tmp_path, monkeypatch)
     get_settings.cache_clear()
 
 

@@ -25,12 +25,12 @@ from perfcycle.domain.stages.target_setting import (
     set_target,
     submit_goals,
 )
+from tests.support import databases
 from tests.web.test_portal_pages import (
     csrf_of,
     first_report,
     goal_states,
     signed_in,
-    start_cycle,
     t,
 )
 
@@ -40,9 +40,14 @@ LOCKED = "csat"
 
 
 @pytest.fixture
-def cycle(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+def cycle(
+    db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    started_cycle: databases.StartedCycle,
+) -> Iterator[int]:
     """The demo organisation's external-service cycle, waiting at target setting."""
-    yield start_cycle(db_url, tmp_path, monkeypatch)
+    yield databases.use_started(started_cycle, db_url, tmp_path, monkeypatch)
     get_settings.cache_clear()
 
 
