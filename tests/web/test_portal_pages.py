@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -133,23 +134,78 @@ def started_pg(
         databases.drop_pg_database(name)
 
 
+@pytest.fixture(scope="module")
+def started_sqlite(started_cycle: databases.StartedCycle) -> databases.StartedCycle:
+    return started_cycle
+
+
+@pytest.fixture(scope="module")
+def evaluating_sqlite(
+    tmp_path_factory: pytest.TempPathFactory, started_cycle: databases.StartedCycle
+) -> databases.StartedCycle:
+    """started_cycle played on until it waits for the raters at evaluation."""
+    folder = tmp_path_factory.mktemp("evaluating")
+    with building(folder) as env:
+        url = databases.sqlite_url(folder / "perfcycle.db")
+        at_evaluation(url, databases.use_started(started_cycle, url, folder, env))
+    return replace(started_cycle, url=url)
+
+
+@pytest.fixture(scope="module")
+def evaluating_pg(started_pg: databases.StartedCycle) -> Iterator[databases.StartedCycle]:
+    """started_pg played on until it waits for the raters at evaluation."""
+    name = databases.create_pg_database(databases.pg_name(started_pg.url))
+    url = databases.PG_URL.format(name=name)
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("PERFCYCLE_TICKETS_URL", started_pg.org.tickets_url)
+            freeze(env, T0)
+            get_settings.cache_clear()
+            at_evaluation(url, started_pg.cycle_id)
+        get_settings.cache_clear()
+        databases.release_pg(url)
+        yield replace(started_pg, url=url)
+    finally:
+        databases.drop_pg_database(name)
+
+
+def use_state(
+    request: pytest.FixtureRequest,
+    db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    state: str,
+) -> int:
+    """Make this test's database (db_url) a copy of the module's `state`_sqlite or `state`_pg,
+    set up as start_cycle leaves it; returns the cycle's id."""
+    if db_url.startswith("sqlite"):
+        started: databases.StartedCycle = request.getfixturevalue(f"{state}_sqlite")
+        assert (started.policy, started.period, started.at) == (POLICY, PERIOD, T0)
+        return databases.use_started(started, db_url, tmp_path, monkeypatch)
+    started = request.getfixturevalue(f"{state}_pg")
+    databases.replace_pg_database(db_url, databases.pg_name(started.url))
+    tickets = databases.copy_sqlite(started.org.tickets_url, tmp_path / "tickets.db")
+    monkeypatch.setenv("PERFCYCLE_TICKETS_URL", tickets)
+    freeze(monkeypatch, T0)
+    get_settings.cache_clear()
+    return started.cycle_id
+
+
 @pytest.fixture
 def cycle(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> Iterator[int]:
     """This test's database (db_url) holds a copy of a started cycle (start_cycle's)."""
-    if db_url.startswith("sqlite"):
-        started: databases.StartedCycle = request.getfixturevalue("started_cycle")
-        assert (started.policy, started.period, started.at) == (POLICY, PERIOD, T0)
-        yield databases.use_started(started, db_url, tmp_path, monkeypatch)
-    else:
-        started = request.getfixturevalue("started_pg")
-        databases.replace_pg_database(db_url, databases.pg_name(started.url))
-        tickets = databases.copy_sqlite(started.org.tickets_url, tmp_path / "tickets.db")
-        monkeypatch.setenv("PERFCYCLE_TICKETS_URL", tickets)
-        freeze(monkeypatch, T0)
-        get_settings.cache_clear()
-        yield started.cycle_id
+    yield use_state(request, db_url, tmp_path, monkeypatch, "started")
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def evaluating(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[int]:
+    """Like `cycle`, played on until the raters are asked (at_evaluation); nobody answered."""
+    yield use_state(request, db_url, tmp_path, monkeypatch, "evaluating")
     get_settings.cache_clear()
 
 
@@ -406,9 +462,9 @@ def state_of(url: str, assignment_id: int) -> str:
 
 
 def test_a_rater_fills_the_anchored_form_with_required_comments_then_reads_it(
-    db_url: str, cycle: int
+    db_url: str, evaluating: int
 ) -> None:
-    at_evaluation(db_url, cycle)
+    cycle = evaluating
     mine = next(a for a in pending_of(db_url, cycle) if a.rater_type == "peer")
     client = signed_in(db_url, mine.rater_id, cycle, "evaluation", "evaluation:1")
     with session_scope(db_url) as s:
@@ -459,8 +515,8 @@ def test_a_rater_fills_the_anchored_form_with_required_comments_then_reads_it(
     assert twice.status_code == 409
 
 
-def test_a_rater_cannot_open_or_submit_another_raters_form(db_url: str, cycle: int) -> None:
-    at_evaluation(db_url, cycle)
+def test_a_rater_cannot_open_or_submit_another_raters_form(db_url: str, evaluating: int) -> None:
+    cycle = evaluating
     pending = pending_of(db_url, cycle)
     mine = pending[0]
     theirs = next(a for a in pending if a.rater_id != mine.rater_id)
@@ -476,9 +532,9 @@ def test_a_rater_cannot_open_or_submit_another_raters_form(db_url: str, cycle: i
 
 
 def test_a_submission_after_the_deadline_is_refused_and_changes_nothing(
-    db_url: str, cycle: int, monkeypatch: pytest.MonkeyPatch
+    db_url: str, evaluating: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    at_evaluation(db_url, cycle)
+    cycle = evaluating
     mine = pending_of(db_url, cycle)[0]
     with session_scope(db_url) as s:
         answers = full_answers(s, mine)
@@ -522,9 +578,9 @@ def test_goals_after_the_deadline_are_refused_and_change_nothing(
 
 
 def test_the_last_submission_tries_to_resume_the_flow_and_is_saved_without_prefect(
-    db_url: str, cycle: int, caplog: pytest.LogCaptureFixture
+    db_url: str, evaluating: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    at_evaluation(db_url, cycle)
+    cycle = evaluating
     *others, last = pending_of(db_url, cycle)
     client = signed_in(db_url, last.rater_id, cycle, "evaluation", "evaluation:1")
     token = csrf_of(client.get(f"/evaluations/{last.id}").text)
@@ -799,9 +855,9 @@ def draft_of(url: str, assignment_id: int) -> dict[str, Any] | None:
 
 
 def test_a_rater_saves_a_draft_comes_back_to_it_and_submitting_clears_it(
-    db_url: str, cycle: int
+    db_url: str, evaluating: int
 ) -> None:
-    at_evaluation(db_url, cycle)
+    cycle = evaluating
     mine = next(a for a in pending_of(db_url, cycle) if a.rater_type == "peer")
     client = signed_in(db_url, mine.rater_id, cycle, "evaluation", "evaluation:1")
     with session_scope(db_url) as s:
