@@ -34,7 +34,7 @@ PG_ADMIN_DSN = os.environ.get(
     "PERFCYCLE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-# Named per session so pytest runs started at the same time never share (or drop) a template.
+# Names are random: pytest runs started at the same time never share (or drop) each other's.
 PG_PREFIX = "perfcycle_t_"
 
 
@@ -114,6 +114,7 @@ def create_pg_database(template: str | None = None, name: str | None = None) -> 
 
 
 def pg_name(url: str) -> str:
+    """The database name in a PostgreSQL URL."""
     name = make_url(url).database
     assert name, url
     return name
