@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
-from perfcycle.core.db import session_scope
+from perfcycle.core.db import get_engine, session_scope
 from perfcycle.core.errors import InvalidInput
 from perfcycle.domain.models import AuditEvent, Department, Employee
 from perfcycle.domain.org import OrgImportReport, import_org_csv
@@ -212,12 +211,22 @@ def test_ten_thousand_rows_import_in_bulk(db_url: str, tmp_path: Path):
         )
     path = write_csv(tmp_path, lines)
 
-    started = time.perf_counter()
-    report = run_import(db_url, path)
-    first = time.perf_counter() - started
-    started = time.perf_counter()
-    again = run_import(db_url, path)
-    second = time.perf_counter() - started
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    # "In bulk" is a statement count, not a time (bench/ holds timings): a row-by-row import
+    # would run 10,000+ statements.
+    engine = get_engine(db_url)
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        report = run_import(db_url, path)
+        first = len(statements)
+        again = run_import(db_url, path)
+        second = len(statements) - first
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
 
     assert (report.created, again.unchanged) == (10_000, 10_000)
-    assert first < 5 and second < 5, (first, second)
+    assert first < 100 and second < 100, (first, second)
