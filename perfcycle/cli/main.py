@@ -57,24 +57,29 @@ def cmd_org_import(args: argparse.Namespace) -> int:
 
 def cmd_evaluations_import(args: argparse.Namespace) -> int:
     from perfcycle.domain import engine
+    from perfcycle.domain.access import Actor
     from perfcycle.domain.policy.snapshot import cycle_policy
     from perfcycle.domain.stages.evaluation import import_evaluations_csv
 
     with _session() as session:
         cycle = engine.get_cycle(session, args.cycle)
-        n = import_evaluations_csv(session, cycle.id, args.file, cycle_policy(cycle), args.actor)
+        n = import_evaluations_csv(
+            session, cycle.id, args.file, cycle_policy(cycle), Actor.hr(args.actor)
+        )
     print(f"Imported {n} evaluations into cycle {args.cycle}")
     return 0
 
 
 def cmd_metrics_import(args: argparse.Namespace) -> int:
     from perfcycle.domain import engine
+    from perfcycle.domain.access import Actor
     from perfcycle.domain.policy.snapshot import cycle_policy
     from perfcycle.domain.stages.data_collection import import_metrics_csv
 
     with _session() as session:
         cycle = engine.get_cycle(session, args.cycle)
-        n = import_metrics_csv(session, cycle, cycle_policy(cycle), args.file, args.actor)
+        policy = cycle_policy(cycle)
+        n = import_metrics_csv(session, cycle, policy, args.file, Actor.hr(args.actor))
     print(f"Imported {n} metric values into cycle {args.cycle}")
     return 0
 

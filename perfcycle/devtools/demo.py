@@ -24,8 +24,17 @@ from sqlalchemy.orm import Session
 from perfcycle.core import clock
 from perfcycle.core.db import session_scope
 from perfcycle.domain import engine
+from perfcycle.domain.access import Actor
 from perfcycle.domain.models import Cycle, MetricValue
 from perfcycle.domain.policy.snapshot import cycle_policy
+
+# The demo's HR administrator: supplies metrics and stands in for absent managers.
+HR = Actor.hr("hr-admin")
+
+
+def _manager_or_hr(manager_id: str | None) -> Actor:
+    return Actor.person(manager_id) if manager_id else HR
+
 
 POLICIES = ["external-service", "internal-service", "professional-support"]
 
@@ -94,11 +103,13 @@ class Player:
                     "deadline": cycle.period_end.isoformat(),
                     "weight": f"{share.weight:g}",
                 }
-                save_personal_goals(session, cycle.id, employee_id, [goal], actor=employee_id)
+                save_personal_goals(
+                    session, cycle.id, employee_id, [goal], actor=Actor.person(employee_id)
+                )
                 with_personal += 1
             if states != {"submitted"}:
-                submit_goals(session, cycle.id, employee_id, actor=employee_id)
-            approve_goals(session, cycle.id, employee_id, actor=manager_id or "hr-admin")
+                submit_goals(session, cycle.id, employee_id, actor=Actor.person(employee_id))
+            approve_goals(session, cycle.id, employee_id, actor=_manager_or_hr(manager_id))
             n += 1
         self.log(
             f"  cycle {cycle.id}: {n} employees signed their goals with their managers "
@@ -163,7 +174,7 @@ class Player:
             writer.writeheader()
             writer.writerows(rows)
         try:
-            import_metrics_csv(session, cycle, policy, Path(f.name), "hr-admin")
+            import_metrics_csv(session, cycle, policy, Path(f.name), HR)
         finally:
             Path(f.name).unlink()
         self.log(
@@ -198,7 +209,9 @@ class Player:
                 score = max(1, min(5, round(1 + 4 * base / 100) + wobble * (i % 2)))
                 needs = score in item.comment_required_for
                 answers[item.id] = (score, f"demo: observed level {score}" if needs else "")
-            submit_evaluation(session, a.id, answers, actor=a.rater_id, policy=policy)
+            submit_evaluation(
+                session, a.id, answers, actor=Actor.person(a.rater_id), policy=policy
+            )
         self.log(f"  cycle {cycle.id}: {len(pending)} evaluations submitted")
 
     def _calibrate(self, session: Session, cycle: Cycle) -> dict[str, Any]:
@@ -243,9 +256,9 @@ class Player:
                     iv.id,
                     summary="results reviewed one-to-one",
                     root_causes="response time at peak hours",
-                    actor=iv.manager_id or "hr-admin",
+                    actor=_manager_or_hr(iv.manager_id),
                 )
-            acknowledge_interview(session, iv.id, actor=iv.employee_id)
+            acknowledge_interview(session, iv.id, actor=Actor.person(iv.employee_id))
         self.log(f"  cycle {cycle.id}: {len(rows)} review interviews held and acknowledged")
 
     def _plans(self, session: Session, cycle: Cycle) -> None:
@@ -258,7 +271,7 @@ class Player:
             )
         ).all()
         for plan in plans:
-            owner = plan.owner_id or "hr-admin"
+            owner = _manager_or_hr(plan.owner_id)
             update_plan(
                 session,
                 plan.id,
@@ -303,7 +316,7 @@ class Player:
                     cycle.id,
                     ap.employee_id,
                     reason="two complaints were misattributed to me",
-                    actor=ap.employee_id,
+                    actor=Actor.person(ap.employee_id),
                 )
                 session.flush()
                 decide_appeal(
@@ -311,12 +324,14 @@ class Player:
                     ap.id,
                     outcome="upheld",
                     note="complaint records checked; attribution correct",
-                    actor="supervision-chair",
+                    actor=Actor.named("supervision-chair", "supervision"),
                     policy=cycle_policy(cycle),
                 )
                 filed += 1
             elif ap.state == "open":
-                accept_results(session, cycle.id, ap.employee_id, actor=ap.employee_id)
+                accept_results(
+                    session, cycle.id, ap.employee_id, actor=Actor.person(ap.employee_id)
+                )
         self.log(
             f"  cycle {cycle.id}: {len(rows) - filed} accepted results, {filed} appeal decided"
         )

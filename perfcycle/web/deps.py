@@ -44,7 +44,7 @@ from starlette.datastructures import FormData, UploadFile
 from perfcycle.core import clock
 from perfcycle.core.db import session_scope
 from perfcycle.core.errors import InvalidInput
-from perfcycle.domain import engine
+from perfcycle.domain import access, engine
 from perfcycle.domain.models import Cycle, Employee, PortalRole, PortalSessionGeneration, TaskToken
 from perfcycle.notifications import links
 from perfcycle.notifications.vocabulary import stage_title
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 STATIC_PATH = "/static"
-ROLES = frozenset({"hr_admin", "committee", "supervision", "manager", "employee", "auditor"})
+ROLES = access.ROLES
 MAX_FORM_BYTES = 1_000_000
 MAX_FORM_FIELDS = 2000
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
@@ -77,6 +77,11 @@ class Viewer:
 
     def has(self, *roles: str) -> bool:
         return not self.roles.isdisjoint(roles)
+
+    @property
+    def actor(self) -> access.Actor:
+        """Who the signed-in person is to the domain: themself with their portal roles."""
+        return access.Actor.person(self.person_id, self.roles)
 
 
 class PageError(Exception):

@@ -10,13 +10,13 @@ from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from perfcycle.connectors.sources import MORE_SUFFIX
-from perfcycle.domain import audit, engine
+from perfcycle.domain import access, audit, engine
 from perfcycle.domain.models import (
     Appeal,
     AuditEvent,
@@ -43,7 +43,6 @@ from perfcycle.domain.policy.schema import (
     VetoIndicator,
 )
 from perfcycle.domain.policy.snapshot import cycle_policy
-from perfcycle.domain.stages.target_setting import manager_in_cycle
 from perfcycle.notifications.reminders import describe, open_people_stages
 from perfcycle.web import i18n
 
@@ -170,14 +169,15 @@ def goal_sheet(session: Session, cycle_id: int, employee_id: str) -> GoalSheet:
     return GoalSheet(employee_id, name, [_goal_row(g) for g in goals])
 
 
-def team_goal_sheets(session: Session, cycle_id: int, manager_id: str) -> list[GoalSheet]:
-    """The goal sheets of the manager's reports in the cycle (as the cycle recorded them)."""
-    reports = session.scalars(
-        select(Participant.employee_id)
-        .where(Participant.cycle_id == cycle_id, Participant.manager_id == manager_id)
-        .order_by(Participant.employee_id)
-    ).all()
-    return [goal_sheet(session, cycle_id, r) for r in reports]
+def sheets_to_review(
+    session: Session, cycle_id: int, actor: access.Actor
+) -> list[tuple[GoalSheet, bool]]:
+    """The goal sheets the actor approves or returns in the cycle, each with True where they
+    review it as HR standing in for a missing manager (access.goal_reviewees says whose)."""
+    return [
+        (goal_sheet(session, cycle_id, r.employee_id), r.as_hr)
+        for r in access.goal_reviewees(session, actor, cycle_id)
+    ]
 
 
 # ---------------------------------------------------------------- evaluation
@@ -503,42 +503,6 @@ def rated_item_names(policy: Policy, locale: str) -> dict[str, str]:
     return {
         ind.id: ind.name.get(locale) for ind in policy.indicators if isinstance(ind, RatedIndicator)
     }
-
-
-# ---------------------------------------------------------------- who may see whose records
-
-# In what capacity a viewer reads someone's records: their own, as the manager the cycle recorded
-# for them, or through a role that reads everyone's.
-Capacity = Literal["self", "manager", "hr", "auditor"]
-
-# Roles that read every participant's records, read-only, and the capacity each reads them in.
-READ_ALL_ROLES: dict[str, Capacity] = {"hr_admin": "hr", "auditor": "auditor"}
-
-
-def viewing_capacity(
-    session: Session,
-    cycle_id: int,
-    employee_id: str,
-    *,
-    viewer_id: str,
-    roles: Collection[str],
-) -> Capacity | None:
-    """In what capacity the viewer may read `employee_id`'s records of the cycle; None: not at all.
-
-    The one rule for "may this viewer see employee X in cycle C": the person themself, their
-    manager in that cycle (Participant.manager_id: who managed them when the cycle was launched
-    answers for that cycle, whatever the org chart says today), HR admins and auditors. Callers
-    refuse with 403 and show nothing on None. "self", "hr" and "auditor" do not imply that the
-    employee takes part in the cycle; callers that need a participant check it afterwards.
-    """
-    if viewer_id == employee_id:
-        return "self"
-    if manager_in_cycle(session, cycle_id, employee_id) == viewer_id:
-        return "manager"
-    for role, capacity in READ_ALL_ROLES.items():
-        if role in roles:
-            return capacity
-    return None
 
 
 # ---------------------------------------------------------------- a manager's team

@@ -6,7 +6,6 @@ re_evaluated. open -> accepted | filed -> decided; still open when the window cl
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -15,7 +14,9 @@ from sqlalchemy.orm import Session
 from perfcycle.core import clock
 from perfcycle.core.db import insert_ignore
 from perfcycle.core.errors import InvalidInput, Problem
-from perfcycle.domain import audit
+from perfcycle.domain import access, audit
+from perfcycle.domain.access import Actor
+from perfcycle.domain.deadlines import accepting_work
 from perfcycle.domain.models import (
     Appeal,
     Cycle,
@@ -147,22 +148,24 @@ def _window_recipients(session: Session, stage: StageInstance) -> list[Recipient
 # ---------------------------------------------------------------- services
 
 
-def accept_results(session: Session, cycle_id: int, employee_id: str, *, actor: str) -> Appeal:
+def accept_results(
+    session: Session, cycle_id: int, employee_id: str, *, actor: Actor
+) -> Appeal:
     """The employee says they will not appeal."""
     appeal = _get_appeal_of(session, cycle_id, employee_id)
-    problems = _check_employee(appeal, actor)
+    accepting_work(session, cycle_id, StageName.appeal)
+    problems = access.refusals(access.appellant_refusal(actor, appeal))
     if appeal.state != "open":
         problems.append(
             Problem(f"the results were already answered ({appeal.state})", field="state")
         )
-    if problems:
-        raise InvalidInput(problems)
+    access.raise_problems(problems)
 
     before = _snapshot(appeal)
     appeal.state = "accepted"
     audit.record(
         session,
-        actor=actor,
+        actor=actor.name,
         action="appeal.results_accepted",
         subject=f"appeal:{appeal.id}",
         cycle_id=appeal.cycle_id,
@@ -173,20 +176,19 @@ def accept_results(session: Session, cycle_id: int, employee_id: str, *, actor: 
 
 
 def file_appeal(
-    session: Session, cycle_id: int, employee_id: str, *, reason: str, actor: str
+    session: Session, cycle_id: int, employee_id: str, *, reason: str, actor: Actor
 ) -> Appeal:
     """The employee appeals to the supervision committee, within the window."""
     appeal = _get_appeal_of(session, cycle_id, employee_id)
-    problems = _check_employee(appeal, actor)
-    problems += _check_window(session, cycle_id)
+    accepting_work(session, cycle_id, StageName.appeal)
+    problems = access.refusals(access.appellant_refusal(actor, appeal))
     if appeal.state != "open":
         problems.append(
             Problem(f"the results were already answered ({appeal.state})", field="state")
         )
     if not isinstance(reason, str) or not reason.strip():
         problems.append(Problem("a reason for the appeal is required", field="reason"))
-    if problems:
-        raise InvalidInput(problems)
+    access.raise_problems(problems)
 
     before = _snapshot(appeal)
     appeal.state = "filed"
@@ -194,7 +196,7 @@ def file_appeal(
     appeal.filed_at = clock.now()
     audit.record(
         session,
-        actor=actor,
+        actor=actor.name,
         action="appeal.filed",
         subject=f"appeal:{appeal.id}",
         cycle_id=appeal.cycle_id,
@@ -211,14 +213,16 @@ def decide_appeal(
     *,
     outcome: str,
     note: str,
-    actor: str,
+    actor: Actor,
     policy: Policy,
     new_grade: str | None = None,
 ) -> Appeal:
     """The supervision committee decides; `adjusted` replaces the employee's grade.
 
-    `policy` is the cycle's policy (its grades are the valid new grades). Committee membership
-    is the portal's role check; here the decider must be independent of the case.
+    `policy` is the cycle's policy (its grades are the valid new grades). The decider is a
+    member of the supervision committee independent of the case (access.appeal_decider_refusal).
+    No deadline applies: an appeal filed in time stays with the committee after the window
+    closes (close() lapses only the unanswered).
     """
     appeal = session.get(Appeal, appeal_id)
     if appeal is None:
@@ -228,20 +232,19 @@ def decide_appeal(
             Result.cycle_id == appeal.cycle_id, Result.employee_id == appeal.employee_id
         )
     )
-    problems = _check_decider(session, appeal, actor)
+    problems = access.refusals(access.appeal_decider_refusal(session, actor, appeal))
     problems += _check_decision(appeal, outcome, note, new_grade, policy, result)
-    if problems:
-        raise InvalidInput(problems)
+    access.raise_problems(problems)
 
     before = _snapshot(appeal)
     appeal.state = "decided"
     appeal.outcome = outcome
     appeal.decision_note = note.strip()
-    appeal.decided_by = actor
+    appeal.decided_by = actor.name
     appeal.decided_at = clock.now()
     audit.record(
         session,
-        actor=actor,
+        actor=actor.name,
         action="appeal.decided",
         subject=f"appeal:{appeal.id}",
         cycle_id=appeal.cycle_id,
@@ -255,13 +258,13 @@ def decide_appeal(
 
 
 def _adjust_grade(
-    session: Session, result: Result, new_grade: str, actor: str, appeal_id: int
+    session: Session, result: Result, new_grade: str, actor: Actor, appeal_id: int
 ) -> None:
     before = {"grade": result.grade}
     result.grade = new_grade
     audit.record(
         session,
-        actor=actor,
+        actor=actor.name,
         action="result.grade_adjusted",
         subject=f"result:{result.cycle_id}:{result.employee_id}",
         cycle_id=result.cycle_id,
@@ -284,57 +287,6 @@ def _get_appeal_of(session: Session, cycle_id: int, employee_id: str) -> Appeal:
             ]
         )
     return appeal
-
-
-def _check_employee(appeal: Appeal, actor: str) -> list[Problem]:
-    if actor == appeal.employee_id:
-        return []
-    return [
-        Problem(
-            f"only the employee ({appeal.employee_id}) may answer their results, not {actor!r}",
-            field="actor",
-        )
-    ]
-
-
-def _check_window(session: Session, cycle_id: int) -> list[Problem]:
-    stage = session.scalar(
-        select(StageInstance).where(
-            StageInstance.cycle_id == cycle_id, StageInstance.name == StageName.appeal
-        )
-    )
-    if stage is None:
-        return [Problem(f"cycle {cycle_id} has no appeal stage", field="cycle_id")]
-    if stage.state != "open" or clock.now() > stage.due_at:
-        closed = stage.closed_at if stage.closed_at and stage.closed_at < stage.due_at else None
-        return [
-            Problem(
-                f"the appeal window closed on {_when(closed or stage.due_at)}",
-                field="appeal_window",
-            )
-        ]
-    return []
-
-
-def _check_decider(session: Session, appeal: Appeal, actor: str) -> list[Problem]:
-    """The appellant and the manager who evaluated them cannot sit on their own case."""
-    if not isinstance(actor, str) or not actor.strip():
-        return [Problem("the deciding committee member is required", field="actor")]
-    if actor == appeal.employee_id:
-        return [Problem("an employee cannot decide their own appeal", field="actor")]
-    manager_id = session.scalar(
-        select(Participant.manager_id).where(
-            Participant.cycle_id == appeal.cycle_id,
-            Participant.employee_id == appeal.employee_id,
-        )
-    )
-    if manager_id is not None and actor == manager_id:
-        return [
-            Problem(
-                f"{actor} is the appellant's manager and cannot decide the appeal", field="actor"
-            )
-        ]
-    return []
 
 
 def _check_decision(
@@ -381,10 +333,6 @@ def _check_decision(
             Problem(f"the grade already is {new_grade}; use outcome upheld", field="new_grade")
         )
     return problems
-
-
-def _when(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _snapshot(appeal: Appeal) -> dict[str, Any]:

@@ -21,6 +21,8 @@ from perfcycle.core import clock
 from perfcycle.core.db import insert_ignore
 from perfcycle.core.errors import InvalidInput, Problem
 from perfcycle.domain import audit
+from perfcycle.domain.access import Actor
+from perfcycle.domain.deadlines import accepting_metrics
 from perfcycle.domain.models import Cycle, MetricValue, Participant, StageInstance, StageName
 from perfcycle.domain.policy.schema import MetricIndicator, Policy, VetoIndicator
 from perfcycle.domain.stages.base import Progress
@@ -216,7 +218,7 @@ def store_metric_values(
 
 
 def import_metrics_csv(
-    session: Session, cycle: Cycle, policy: Policy, path: str | Path, actor: str
+    session: Session, cycle: Cycle, policy: Policy, path: str | Path, actor: Actor
 ) -> int:
     """HR supplies (or corrects) metric values by CSV: employee_id,metric,value[,evidence].
 
@@ -224,7 +226,7 @@ def import_metrics_csv(
     Imported values win over later collection runs. Returns the values inserted or changed.
     """
     name = str(path)
-    _check_collection_open(session, cycle, name)
+    accepting_metrics(session, cycle, name)
     records, problems = parse_metrics_csv(path)
     participants = participant_ids(session, cycle)
     allowed = set(needed_metrics(policy)) | _cross_check_metrics(policy)
@@ -261,7 +263,7 @@ def import_metrics_csv(
                 "source": HR_IMPORT,
                 "file": Path(path).name,
                 "line": r.line,
-                "supplied_by": actor,
+                "supplied_by": actor.name,
                 "period_start": cycle.period_start.isoformat(),
                 "period_end": cycle.period_end.isoformat(),
             },
@@ -273,7 +275,7 @@ def import_metrics_csv(
         values = {f"{r.employee_id}:{r.metric}": r.value for r in rows}
         audit.record(
             session,
-            actor=actor,
+            actor=actor.name,
             action="metrics.imported",
             subject=f"cycle:{cycle.id}/stage:{StageName.data_collection}",
             cycle_id=cycle.id,
@@ -291,27 +293,3 @@ def import_metrics_csv(
 def _cross_check_metrics(policy: Policy) -> set[str]:
     checks = policy.calibration.cross_checks
     return {c.if_metric for c in checks} | {c.and_metric for c in checks}
-
-
-def _check_collection_open(session: Session, cycle: Cycle, name: str) -> None:
-    if cycle.state != "running":
-        raise InvalidInput(
-            [Problem(f"cycle {cycle.id} is {cycle.state}; metrics can no longer be supplied", name)]
-        )
-    stage = session.scalar(
-        select(StageInstance).where(
-            StageInstance.cycle_id == cycle.id,
-            StageInstance.name == StageName.data_collection,
-        )
-    )
-    if stage is not None and stage.state == "completed":
-        when = f" at {stage.closed_at:%Y-%m-%d %H:%M} UTC" if stage.closed_at else ""
-        raise InvalidInput(
-            [
-                Problem(
-                    f"data collection of cycle {cycle.id} closed{when}; "
-                    "metrics can no longer be supplied",
-                    name,
-                )
-            ]
-        )

@@ -21,7 +21,9 @@ from perfcycle.connectors.csv import read_csv
 from perfcycle.core import clock
 from perfcycle.core.db import insert_ignore
 from perfcycle.core.errors import InvalidInput, Problem
-from perfcycle.domain import audit
+from perfcycle.domain import access, audit
+from perfcycle.domain.access import Actor
+from perfcycle.domain.deadlines import accepting_work
 from perfcycle.domain.models import (
     Cycle,
     Employee,
@@ -494,7 +496,7 @@ def submit_evaluation(
     session: Session,
     assignment_id: int,
     answers: Mapping[str, tuple[int, str]],
-    actor: str,
+    actor: Actor,
     policy: Policy,
 ) -> None:
     """Record one rater's form for one ratee: every item scored 1-5, comments where required."""
@@ -505,6 +507,8 @@ def submit_evaluation(
         raise InvalidInput(
             [Problem(f"no evaluation assignment {assignment_id}", field="assignment")]
         )
+    accepting_work(session, assignment.cycle_id, StageName.evaluation)
+    access.raise_problems(access.refusals(access.evaluation_refusal(actor, assignment)))
     state_problem = _state_problem(assignment.state)
     if state_problem:
         raise InvalidInput([Problem(state_problem, field="assignment")])
@@ -526,7 +530,7 @@ def submit_evaluation(
     session.execute(delete(EvaluationDraft).where(EvaluationDraft.assignment_id == assignment.id))
     audit.record(
         session,
-        actor=actor,
+        actor=actor.name,
         action="evaluation.submitted",
         subject=f"assignment:{assignment.id}",
         cycle_id=assignment.cycle_id,
@@ -542,7 +546,7 @@ def save_draft(
     session: Session,
     assignment_id: int,
     answers: Mapping[str, tuple[int | None, str]],
-    actor: str,
+    actor: Actor,
     policy: Policy,
 ) -> None:
     """Keep a rater's partial form. Only the rater, only while pending; scores may be missing."""
@@ -550,9 +554,8 @@ def save_draft(
     if assignment is None:
         raise InvalidInput([Problem(f"no evaluation assignment {assignment_id}",
                                     field="assignment")])
-    problems: list[Problem] = []
-    if actor != assignment.rater_id:
-        problems.append(Problem("only the rater can save this form", field="actor"))
+    accepting_work(session, assignment.cycle_id, StageName.evaluation)
+    problems = access.refusals(access.evaluation_refusal(actor, assignment))
     state_problem = _state_problem(assignment.state)
     if state_problem:
         problems.append(Problem(state_problem, field="assignment"))
@@ -579,8 +582,7 @@ def save_draft(
                     values=(("score", score),),
                 )
             )
-    if problems:
-        raise InvalidInput(problems)
+    access.raise_problems(problems)
     stored = {item: {"score": score, "comment": comment}
               for item, (score, comment) in answers.items()}
     draft = session.scalar(select(EvaluationDraft).where(
@@ -590,7 +592,7 @@ def save_draft(
                                     saved_at=clock.now()))
     else:
         draft.answers, draft.saved_at = stored, clock.now()
-    audit.record(session, actor=actor, action="evaluation.draft_saved",
+    audit.record(session, actor=actor.name, action="evaluation.draft_saved",
                  subject=f"assignment:{assignment_id}", cycle_id=assignment.cycle_id,
                  after={"items": sorted(stored)})
 
@@ -740,12 +742,15 @@ def _form_problems(
 
 
 def import_evaluations_csv(
-    session: Session, cycle_id: int, path: Path, policy: Policy, actor: str
+    session: Session, cycle_id: int, path: Path, policy: Policy, actor: Actor
 ) -> int:
-    """Enter paper forms (one row per item) through submit_evaluation; all forms or none."""
+    """Enter paper forms (one row per item) through submit_evaluation; all forms or none.
+
+    Like the portal's forms, only while the evaluation stage accepts work."""
     file = str(path)
     if session.get(Cycle, cycle_id) is None:
         raise InvalidInput([Problem(f"no cycle {cycle_id}", field="cycle")])
+    accepting_work(session, cycle_id, StageName.evaluation)
     rows, problems = read_csv(path, CSV_COLUMNS)
     if not rows and not problems:
         problems.append(Problem("no evaluations in the file", file, 2))

@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session, aliased
 from perfcycle.core import clock
 from perfcycle.core.db import insert_ignore
 from perfcycle.core.errors import InvalidInput, Problem
-from perfcycle.domain import audit
-from perfcycle.domain.access import is_hr
+from perfcycle.domain import access, audit
+from perfcycle.domain.access import Actor
 from perfcycle.domain.models import (
     Cycle,
     Employee,
@@ -230,24 +230,23 @@ def _created_recipients(session: Session, cycle: Cycle, stage: StageInstance) ->
 
 
 def update_plan(
-    session: Session, plan_id: int, *, goal: str, actions: list[dict[str, Any]], actor: str
+    session: Session, plan_id: int, *, goal: str, actions: list[dict[str, Any]], actor: Actor
 ) -> ImprovementPlan:
     """Owner or employee write down the agreed goal and the actions (each with a due date)."""
     plan = _get_plan(session, plan_id)
-    problems = _check_open_plan(plan, actor, allowed=_parties(plan))
+    problems = access.refusals(access.plan_party_refusal(actor, plan)) + _state_problems(plan)
     if not isinstance(goal, str) or not goal.strip():
         problems.append(Problem("a goal is required", field="goal"))
     clean_actions, action_problems = _parse_actions(actions, plan.deadline)
     problems += action_problems
-    if problems:
-        raise InvalidInput(problems)
+    access.raise_problems(problems)
 
     before = _snapshot(plan)
     plan.goal = goal.strip()
     plan.actions = clean_actions
     audit.record(
         session,
-        actor=actor,
+        actor=actor.name,
         action="improvement.plan_updated",
         subject=f"improvement_plan:{plan.id}",
         cycle_id=plan.cycle_id,
@@ -258,11 +257,11 @@ def update_plan(
 
 
 def record_checkin(
-    session: Session, plan_id: int, *, month: str, progress: int, note: str, actor: str
+    session: Session, plan_id: int, *, month: str, progress: int, note: str, actor: Actor
 ) -> PlanCheckin:
     """The monthly follow-up; a second check-in for the same month replaces the first."""
     plan = _get_plan(session, plan_id)
-    problems = _check_open_plan(plan, actor, allowed=_parties(plan))
+    problems = access.refusals(access.plan_party_refusal(actor, plan)) + _state_problems(plan)
     problems += _check_month(session, plan, month)
     if isinstance(progress, bool) or not isinstance(progress, int) or not 0 <= progress <= 100:
         problems.append(
@@ -270,8 +269,7 @@ def record_checkin(
         )
     if not isinstance(note, str):
         problems.append(Problem("the note must be text", field="note"))
-    if problems:
-        raise InvalidInput(problems)
+    access.raise_problems(problems)
 
     checkin = session.scalar(
         select(PlanCheckin).where(PlanCheckin.plan_id == plan.id, PlanCheckin.month == month)
@@ -282,12 +280,12 @@ def record_checkin(
         session.add(checkin)
     checkin.progress = progress
     checkin.note = note.strip()
-    checkin.recorded_by = actor
+    checkin.recorded_by = actor.name
     checkin.recorded_at = clock.now()
     session.flush()
     audit.record(
         session,
-        actor=actor,
+        actor=actor.name,
         action="improvement.checkin_recorded" if before is None else "improvement.checkin_updated",
         subject=f"improvement_plan:{plan.id}:checkin:{month}",
         cycle_id=plan.cycle_id,
@@ -298,20 +296,18 @@ def record_checkin(
 
 
 def close_plan(
-    session: Session, plan_id: int, *, effect_verified: bool, outcome: str, actor: str
+    session: Session, plan_id: int, *, effect_verified: bool, outcome: str, actor: Actor
 ) -> ImprovementPlan:
     """The owner closes the plan, saying whether its effect was verified and what came of it."""
     plan = _get_plan(session, plan_id)
-    owner = {plan.owner_id} if plan.owner_id else set()
-    problems = _check_open_plan(plan, actor, allowed=owner, who="the plan's owner")
+    problems = access.refusals(access.plan_owner_refusal(actor, plan)) + _state_problems(plan)
     if not isinstance(effect_verified, bool):
         problems.append(
             Problem(f"must be true or false, got {effect_verified!r}", field="effect_verified")
         )
     if not isinstance(outcome, str) or not outcome.strip():
         problems.append(Problem("an outcome is required", field="outcome"))
-    if problems:
-        raise InvalidInput(problems)
+    access.raise_problems(problems)
 
     before = _snapshot(plan)
     plan.state = "closed"
@@ -320,7 +316,7 @@ def close_plan(
     plan.closed_at = clock.now()
     audit.record(
         session,
-        actor=actor,
+        actor=actor.name,
         action="improvement.plan_closed",
         subject=f"improvement_plan:{plan.id}",
         cycle_id=plan.cycle_id,
@@ -338,24 +334,11 @@ def _get_plan(session: Session, plan_id: int) -> ImprovementPlan:
     return plan
 
 
-def _parties(plan: ImprovementPlan) -> set[str]:
-    return {p for p in (plan.owner_id, plan.employee_id) if p}
-
-
-def _check_open_plan(
-    plan: ImprovementPlan, actor: str, *, allowed: set[str], who: str = "the owner or the employee"
-) -> list[Problem]:
-    problems: list[Problem] = []
-    # Someone without a manager has no owner: HR follows their plan up.
-    hr_stands_in = plan.owner_id is None and is_hr(actor)
-    if actor not in allowed and not hr_stands_in:
-        names = ", ".join(sorted(allowed)) or "HR"
-        problems.append(Problem(f"only {who} ({names}) may do this, not {actor!r}", field="actor"))
-    if plan.state != "open":
-        problems.append(
-            Problem(f"the plan is {plan.state}; only an open plan can be changed", field="state")
-        )
-    return problems
+def _state_problems(plan: ImprovementPlan) -> list[Problem]:
+    # A plan lives to its own deadline (months), not to a stage's: only its state counts.
+    if plan.state == "open":
+        return []
+    return [Problem(f"the plan is {plan.state}; only an open plan can be changed", field="state")]
 
 
 def _parse_actions(actions: Any, deadline: date) -> tuple[list[dict[str, str]], list[Problem]]:

@@ -15,7 +15,9 @@ from sqlalchemy.orm import Session, aliased
 from perfcycle.core import clock
 from perfcycle.core.db import insert_ignore
 from perfcycle.core.errors import InvalidInput, Problem
-from perfcycle.domain import audit
+from perfcycle.domain import access, audit
+from perfcycle.domain.access import Actor
+from perfcycle.domain.deadlines import accepting_work
 from perfcycle.domain.models import (
     Cycle,
     Employee,
@@ -189,19 +191,12 @@ def _scheduled_recipients(session: Session, cycle: Cycle, stage: StageInstance) 
 
 
 def record_interview(
-    session: Session, interview_id: int, *, summary: str, root_causes: str, actor: str
+    session: Session, interview_id: int, *, summary: str, root_causes: str, actor: Actor
 ) -> Interview:
     """The manager records the one-to-one: what was discussed and the root causes found."""
     interview = _get_interview(session, interview_id)
-    problems: list[Problem] = []
-    if actor != interview.manager_id:
-        problems.append(
-            Problem(
-                f"only the employee's manager ({interview.manager_id}) may record this "
-                f"interview, not {actor!r}",
-                field="actor",
-            )
-        )
+    accepting_work(session, interview.cycle_id, StageName.interview)
+    problems = access.refusals(access.interview_recorder_refusal(actor, interview))
     if interview.state not in RECORDABLE:
         problems.append(
             Problem(
@@ -212,8 +207,7 @@ def record_interview(
         problems.append(Problem("a summary of the interview is required", field="summary"))
     if not isinstance(root_causes, str):
         problems.append(Problem("root causes must be text", field="root_causes"))
-    if problems:
-        raise InvalidInput(problems)
+    access.raise_problems(problems)
 
     before = _snapshot(interview)
     first_time = interview.state == "scheduled"
@@ -224,7 +218,7 @@ def record_interview(
         interview.held_at = clock.now()
     audit.record(
         session,
-        actor=actor,
+        actor=actor.name,
         action="interview.recorded" if first_time else "interview.corrected",
         subject=f"interview:{interview.id}",
         cycle_id=interview.cycle_id,
@@ -235,18 +229,11 @@ def record_interview(
     return interview
 
 
-def acknowledge_interview(session: Session, interview_id: int, *, actor: str) -> Interview:
+def acknowledge_interview(session: Session, interview_id: int, *, actor: Actor) -> Interview:
     """The employee confirms the interview took place as recorded."""
     interview = _get_interview(session, interview_id)
-    problems: list[Problem] = []
-    if actor != interview.employee_id:
-        problems.append(
-            Problem(
-                f"only the interviewed employee ({interview.employee_id}) may acknowledge it, "
-                f"not {actor!r}",
-                field="actor",
-            )
-        )
+    accepting_work(session, interview.cycle_id, StageName.interview)
+    problems = access.refusals(access.interview_acknowledger_refusal(actor, interview))
     if interview.state != "held":
         problems.append(
             Problem(
@@ -254,15 +241,14 @@ def acknowledge_interview(session: Session, interview_id: int, *, actor: str) ->
                 field="state",
             )
         )
-    if problems:
-        raise InvalidInput(problems)
+    access.raise_problems(problems)
 
     before = _snapshot(interview)
     interview.state = "acknowledged"
     interview.acknowledged_at = clock.now()
     audit.record(
         session,
-        actor=actor,
+        actor=actor.name,
         action="interview.acknowledged",
         subject=f"interview:{interview.id}",
         cycle_id=interview.cycle_id,

@@ -18,9 +18,10 @@ from sqlalchemy.orm import Session
 
 from perfcycle.core import clock
 from perfcycle.core.db import insert_ignore
-from perfcycle.core.errors import InvalidInput, NotAllowed, Problem
-from perfcycle.domain import audit
-from perfcycle.domain.access import is_hr
+from perfcycle.core.errors import InvalidInput, Problem
+from perfcycle.domain import access, audit
+from perfcycle.domain.access import Actor, manager_in_cycle
+from perfcycle.domain.deadlines import accepting_work
 from perfcycle.domain.models import (
     AuditEvent,
     Cycle,
@@ -184,27 +185,10 @@ def _goals(session: Session, cycle_id: int, employee_id: str) -> list[Goal]:
     return goals
 
 
-def manager_in_cycle(session: Session, cycle_id: int, employee_id: str) -> str | None:
-    """The employee's manager as the cycle recorded them (not today's org chart)."""
-    return session.scalar(
-        select(Participant.manager_id).where(
-            Participant.cycle_id == cycle_id, Participant.employee_id == employee_id
-        )
-    )
-
-
-def submit_goals(session: Session, cycle_id: int, employee_id: str, *, actor: str) -> None:
+def submit_goals(session: Session, cycle_id: int, employee_id: str, *, actor: Actor) -> None:
     """The employee signs their goals and sends them to the manager."""
-    if actor != employee_id:
-        raise NotAllowed(
-            [
-                Problem(
-                    "only the employee can submit their own goals",
-                    field="actor",
-                    code="not_own_goals",
-                )
-            ]
-        )
+    accepting_work(session, cycle_id, StageName.target_setting)
+    access.require_own_goals(actor, employee_id, "submit")
     goals = _goals(session, cycle_id, employee_id)
     if all(g.state == "agreed" for g in goals):
         raise InvalidInput([Problem("goals are already agreed", field="state")])
@@ -217,7 +201,7 @@ def submit_goals(session: Session, cycle_id: int, employee_id: str, *, actor: st
     submitted_before = _times(session, "goals.submitted", cycle_id, employee_id)
     audit.record(
         session,
-        actor=actor,
+        actor=actor.name,
         action="goals.submitted",
         subject=f"cycle:{cycle_id}/employee:{employee_id}",
         cycle_id=cycle_id,
@@ -268,9 +252,10 @@ def _mail_approver(
     )
 
 
-def approve_goals(session: Session, cycle_id: int, employee_id: str, *, actor: str) -> None:
+def approve_goals(session: Session, cycle_id: int, employee_id: str, *, actor: Actor) -> None:
     """The manager (or HR, for someone without a manager) signs; the agreement is recorded."""
-    _check_approver(session, cycle_id, employee_id, actor)
+    accepting_work(session, cycle_id, StageName.target_setting)
+    access.require_goal_approver(session, actor, cycle_id, employee_id)
     goals = _goals(session, cycle_id, employee_id)
     if any(g.state != "submitted" for g in goals):
         raise InvalidInput(
@@ -281,7 +266,7 @@ def approve_goals(session: Session, cycle_id: int, employee_id: str, *, actor: s
         g.state, g.manager_signed_at = "agreed", now
     audit.record(
         session,
-        actor=actor,
+        actor=actor.name,
         action="goals.agreed",
         subject=f"cycle:{cycle_id}/employee:{employee_id}",
         cycle_id=cycle_id,
@@ -291,9 +276,10 @@ def approve_goals(session: Session, cycle_id: int, employee_id: str, *, actor: s
 
 
 def return_goals(
-    session: Session, cycle_id: int, employee_id: str, *, comment: str, actor: str
+    session: Session, cycle_id: int, employee_id: str, *, comment: str, actor: Actor
 ) -> None:
-    _check_approver(session, cycle_id, employee_id, actor)
+    accepting_work(session, cycle_id, StageName.target_setting)
+    access.require_goal_approver(session, actor, cycle_id, employee_id)
     if not comment.strip():
         raise InvalidInput(
             [Problem("say why the goals are returned", field="comment", code="return_reason")]
@@ -308,7 +294,7 @@ def return_goals(
     returned_before = _times(session, "goals.returned", cycle_id, employee_id)
     audit.record(
         session,
-        actor=actor,
+        actor=actor.name,
         action="goals.returned",
         subject=f"cycle:{cycle_id}/employee:{employee_id}",
         cycle_id=cycle_id,
@@ -364,7 +350,7 @@ def save_personal_goals(
     employee_id: str,
     rows: Sequence[Mapping[str, str]],
     *,
-    actor: str,
+    actor: Actor,
 ) -> int:
     """Replace the employee's personal SMART goals with `rows` (as typed: title, measure,
     target, deadline, weight); rows left blank are dropped. All or nothing: any problem names
@@ -424,7 +410,7 @@ def save_personal_goals(
     session.flush()
     audit.record(
         session,
-        actor=actor,
+        actor=actor.name,
         action="goals.personal_saved",
         subject=f"cycle:{cycle_id}/employee:{employee_id}",
         cycle_id=cycle_id,
@@ -441,7 +427,7 @@ def set_target(
     indicator_id: str,
     target: str,
     *,
-    actor: str,
+    actor: Actor,
 ) -> None:
     """The employee proposes their own target for an indicator the policy leaves unlocked."""
     goals = _own_editable_goals(session, cycle_id, employee_id, actor)
@@ -467,7 +453,7 @@ def set_target(
         raise InvalidInput(problems)
     audit.record(
         session,
-        actor=actor,
+        actor=actor.name,
         action="goals.target_set",
         subject=f"cycle:{cycle_id}/employee:{employee_id}",
         cycle_id=cycle_id,
@@ -552,18 +538,10 @@ def last_return(session: Session, cycle_id: int, employee_id: str) -> Returned |
 
 
 def _own_editable_goals(
-    session: Session, cycle_id: int, employee_id: str, actor: str
+    session: Session, cycle_id: int, employee_id: str, actor: Actor
 ) -> list[Goal]:
-    if actor != employee_id:
-        raise NotAllowed(
-            [
-                Problem(
-                    "only the employee can change their own goals",
-                    field="actor",
-                    code="not_own_goals",
-                )
-            ]
-        )
+    accepting_work(session, cycle_id, StageName.target_setting)
+    access.require_own_goals(actor, employee_id, "change")
     goals = _goals(session, cycle_id, employee_id)
     if any(g.state != "proposed" for g in goals):
         state = next(g.state for g in goals if g.state != "proposed")
@@ -698,20 +676,3 @@ def _personal_view(g: Goal) -> dict[str, Any]:
         "deadline": g.deadline.isoformat() if g.deadline else None,
         "weight": g.weight,
     }
-
-
-def _check_approver(session: Session, cycle_id: int, employee_id: str, actor: str) -> None:
-    manager = manager_in_cycle(session, cycle_id, employee_id)
-    allowed = actor == manager if manager else is_hr(actor)
-    if not allowed:
-        who = f"their manager {manager}" if manager else "HR"
-        raise NotAllowed(
-            [
-                Problem(
-                    f"only {who} can approve or return {employee_id}'s goals",
-                    field="actor",
-                    code="not_the_approver" if manager else "not_the_approver_hr",
-                    values=(("manager", manager or ""), ("employee", employee_id)),
-                )
-            ]
-        )

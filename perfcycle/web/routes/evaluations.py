@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from perfcycle.core.errors import InvalidInput
+from perfcycle.domain.deadlines import StageClosed
 from perfcycle.domain.models import StageName
 from perfcycle.domain.policy.schema import Policy, RatedIndicator
 from perfcycle.domain.policy.snapshot import cycle_policy
@@ -44,7 +45,7 @@ from perfcycle.web.deps import (
     render,
     resume_when_complete,
 )
-from perfcycle.web.routes.goals import load_cycle, require_open_stage, use_up_link
+from perfcycle.web.routes.goals import load_cycle, stage_closed, use_up_link
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -292,7 +293,6 @@ def submit_form(
     if found.state == "submitted":
         message = i18n.translate("eval.already_submitted", locale_of(request))
         raise PageError(409, "eval.already_submitted", message)
-    require_open_stage(session, request, cycle, StageName.evaluation)
     policy = cycle_policy(cycle)
     item_ids = [i.id for i in items_of(session, policy, found)]
     answers = parse_answers(form, item_ids)
@@ -300,7 +300,9 @@ def submit_form(
         return keep_draft(request, session, found, form, answers, item_ids, viewer)
     try:
         # Scores are checked (1..5 integers) by submit_evaluation before anything is written.
-        submit_evaluation(session, found.id, answers, viewer.person_id, policy)  # type: ignore[arg-type]
+        submit_evaluation(session, found.id, answers, viewer.actor, policy)  # type: ignore[arg-type]
+    except StageClosed as exc:
+        raise stage_closed(request, exc) from exc
     except InvalidInput as exc:
         session.rollback()
         errors = errors_by_item(exc, item_ids, locale_of(request))
@@ -331,7 +333,9 @@ def keep_draft(
             answers[item] = (None, comment)
     policy = cycle_policy(load_cycle(session, request, found.cycle_id))
     try:
-        save_draft(session, found.id, answers, viewer.person_id, policy)  # type: ignore[arg-type]
+        save_draft(session, found.id, answers, viewer.actor, policy)  # type: ignore[arg-type]
+    except StageClosed as exc:
+        raise stage_closed(request, exc) from exc
     except InvalidInput as exc:
         session.rollback()
         errors = errors_by_item(exc, item_ids, locale_of(request))

@@ -1,9 +1,9 @@
 """Goal setting: the employee reviews and signs their goals; the manager approves or returns them.
 
 Links: `goals` (the employee's sheet) and `goals_approval` (a manager's digest) both open
-/goals?cycle=ID. Signing goes through perfcycle.domain.stages.target_setting; this module only
-checks
-that the stage still accepts signatures and says why when it does not.
+/goals?cycle=ID. Signing goes through perfcycle.domain.stages.target_setting, which refuses work
+the stage no longer accepts (perfcycle.domain.deadlines) and anyone but the approver
+(perfcycle.domain.access); this module says why in the reader's language.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from starlette.datastructures import FormData
 
 from perfcycle.core import clock
 from perfcycle.core.errors import InvalidInput, NotAllowed, Problem
+from perfcycle.domain import access
+from perfcycle.domain.deadlines import StageClosed, accepts_work
 from perfcycle.domain.models import Cycle, StageName
 from perfcycle.domain.policy.snapshot import cycle_policy, cycle_policy_or_none
 from perfcycle.domain.stages.target_setting import (
@@ -58,6 +60,10 @@ i18n.add_messages(
         "goals.title": {"zh-CN": "绩效目标", "en": "Goals"},
         "goals.mine": {"zh-CN": "我的目标", "en": "My goals"},
         "goals.team": {"zh-CN": "团队目标审批", "en": "Your team's goals"},
+        "goals.standing_in": {
+            "zh-CN": "无直属经理人员的目标（由人力资源审批）",
+            "en": "Goals of people without a manager (HR approves)",
+        },
         "goals.none": {"zh-CN": "您在本周期没有目标。", "en": "You have no goals in this cycle."},
         "goals.indicator": {"zh-CN": "指标", "en": "Indicator"},
         "goals.category": {"zh-CN": "类别", "en": "Category"},
@@ -143,20 +149,16 @@ def form_text(form: FormData, name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-def require_open_stage(session: Session, request: Request, cycle: Cycle, stage: str) -> None:
-    """Refuse (409) a submission to a stage that is closed or past its deadline."""
-    inst = services.stage_instance(session, cycle.id, stage)
-    now = clock.now()
-    if inst is not None and inst.state == "open" and now < inst.due_at:
-        return
-    when = (inst.closed_at or inst.due_at) if inst is not None else now
+def stage_closed(request: Request, exc: StageClosed) -> PageError:
+    """The 409 page for work the stage no longer accepts (the domain's one deadline rule)."""
+    locale = locale_of(request)
     message = i18n.translate(
         "pages.stage_closed_text",
-        locale_of(request),
-        stage=stage_title(stage, locale_of(request)),
-        when=when.strftime("%Y-%m-%d %H:%M UTC"),
+        locale,
+        stage=stage_title(exc.stage, locale),
+        when=(exc.closed_at or clock.now()).strftime("%Y-%m-%d %H:%M UTC"),
     )
-    raise PageError(409, "pages.stage_closed", message)
+    return PageError(409, "pages.stage_closed", message)
 
 
 def use_up_link(session: Session, request: Request, task_kind: str, cycle_id: int) -> None:
@@ -170,7 +172,11 @@ def use_up_link(session: Session, request: Request, task_kind: str, cycle_id: in
         consume_task_token(session, request, task_kind, cycle_id)
 
 
-def invalid(exc: InvalidInput, locale: str) -> PageError:
+def invalid(request: Request, exc: InvalidInput) -> PageError:
+    """The page refusing a domain call: 409 stage closed, 403 not allowed, 422 bad input."""
+    if isinstance(exc, StageClosed):
+        return stage_closed(request, exc)
+    locale = locale_of(request)
     message = "; ".join(i18n.problem_text(p, locale) for p in exc.problems)
     if isinstance(exc, NotAllowed):
         return PageError(403, "forbidden", message)
@@ -189,7 +195,7 @@ def goals_page(
         request,
         session,
         the_cycle,
-        viewer.person_id,
+        viewer.actor,
         Edits.saved_on(session, the_cycle.id, viewer.person_id),
     )
 
@@ -240,12 +246,13 @@ def render_goals(
     request: Request,
     session: Session,
     cycle: Cycle,
-    person_id: str,
+    actor: access.Actor,
     edits: Edits,
     status_code: int = 200,
 ) -> HTMLResponse:
+    person_id = actor.person_id or ""
     stage = services.stage_instance(session, cycle.id, StageName.target_setting)
-    accepting = stage is not None and stage.state == "open" and clock.now() < stage.due_at
+    accepting = accepts_work(stage, clock.now())
     policy = cycle_policy_or_none(cycle)
     share = policy.personal_goals if policy else None
     locale = locale_of(request)
@@ -259,6 +266,7 @@ def render_goals(
         (share.max if share else 0) - len(edits.personal)
     )
     returned = last_return(session, cycle.id, person_id)
+    reviewed = services.sheets_to_review(session, cycle.id, actor)
     return render(
         request,
         "goals.html",
@@ -271,7 +279,9 @@ def render_goals(
             "returned_by": services.names_of(session, {returned.by}).get(returned.by, returned.by)
             if returned
             else "",
-            "team": services.team_goal_sheets(session, cycle.id, person_id),
+            "team": [s for s, as_hr in reviewed if not as_hr],
+            # HR stands in for the manager of those who have none.
+            "standing_in": [s for s, as_hr in reviewed if as_hr],
             "stage": stage,
             "accepting": accepting,
             "saved": request.query_params.get("saved") == "1",
@@ -294,7 +304,6 @@ def edit(
 ) -> Response:
     """Save the employee's own targets (unlocked indicators) and personal goals, all or nothing."""
     cycle = load_cycle(session, request, form_int(form, "cycle"))
-    require_open_stage(session, request, cycle, StageName.target_setting)
     share = cycle_policy(cycle).personal_goals
     edits = Edits.typed_in(form, share.max)
     sheet = services.goal_sheet(session, cycle.id, viewer.person_id)
@@ -304,16 +313,18 @@ def edit(
         if saved is not None and typed.strip() == _num(saved.target):
             continue  # unchanged: no audit event for a target nobody touched
         try:
-            set_target(
-                session, cycle.id, viewer.person_id, indicator_id, typed, actor=viewer.person_id
-            )
+            set_target(session, cycle.id, viewer.person_id, indicator_id, typed, actor=viewer.actor)
+        except StageClosed as exc:
+            raise stage_closed(request, exc) from exc
         except InvalidInput as exc:
             problems.extend(exc.problems)
     if share.max:
         try:
             save_personal_goals(
-                session, cycle.id, viewer.person_id, edits.personal, actor=viewer.person_id
+                session, cycle.id, viewer.person_id, edits.personal, actor=viewer.actor
             )
+        except StageClosed as exc:
+            raise stage_closed(request, exc) from exc
         except InvalidInput as exc:
             problems.extend(exc.problems)
     if problems:
@@ -321,7 +332,7 @@ def edit(
         for problem in problems:
             text = i18n.problem_text(problem, locale_of(request))
             edits.errors.setdefault(problem.field or "", []).append(text)
-        return render_goals(request, session, cycle, viewer.person_id, edits, status_code=422)
+        return render_goals(request, session, cycle, viewer.actor, edits, status_code=422)
     return RedirectResponse(f"/goals?cycle={cycle.id}&saved=1", status_code=303)
 
 
@@ -333,11 +344,10 @@ def submit(
     form: CsrfForm,
 ) -> Response:
     cycle = load_cycle(session, request, form_int(form, "cycle"))
-    require_open_stage(session, request, cycle, StageName.target_setting)
     try:
-        submit_goals(session, cycle.id, viewer.person_id, actor=viewer.person_id)
+        submit_goals(session, cycle.id, viewer.person_id, actor=viewer.actor)
     except InvalidInput as exc:
-        raise invalid(exc, locale_of(request)) from exc
+        raise invalid(request, exc) from exc
     use_up_link(session, request, "goals", cycle.id)
     return RedirectResponse(f"/goals?cycle={cycle.id}&saved=1", status_code=303)
 
@@ -349,25 +359,25 @@ def review(
     viewer: ViewerDep,
     form: CsrfForm,
 ) -> Response:
-    """The manager approves (decision=approve) or returns (decision=return, comment) one sheet."""
+    """The manager approves (decision=approve) or returns (decision=return, comment) one sheet;
+    HR does so for someone without a manager."""
     cycle = load_cycle(session, request, form_int(form, "cycle"))
     employee_id = form_text(form, "employee")
     decision = form_text(form, "decision")
     if decision not in ("approve", "return"):
         raise PageError(400, "bad_form", f"decision: expected approve or return, got {decision!r}")
-    require_open_stage(session, request, cycle, StageName.target_setting)
     try:
         if decision == "approve":
-            approve_goals(session, cycle.id, employee_id, actor=viewer.person_id)
+            approve_goals(session, cycle.id, employee_id, actor=viewer.actor)
         else:
             comment = form_text(form, "comment")
-            return_goals(session, cycle.id, employee_id, comment=comment, actor=viewer.person_id)
+            return_goals(session, cycle.id, employee_id, comment=comment, actor=viewer.actor)
     except InvalidInput as exc:
-        raise invalid(exc, locale_of(request)) from exc
+        raise invalid(request, exc) from exc
     # The approval link lists the whole team: it is used up when nothing is left to review.
     waiting = [
         s
-        for s in services.team_goal_sheets(session, cycle.id, viewer.person_id)
+        for s, _ in services.sheets_to_review(session, cycle.id, viewer.actor)
         if s.state == "submitted"
     ]
     if not waiting:

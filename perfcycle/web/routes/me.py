@@ -7,9 +7,9 @@ goals are listed with their terms and, once released, their score; results and r
 them by the goal's title.
 
 /me?cycle=ID&employee=EID is EID's page as EID sees it, read-only, for those
-services.viewing_capacity admits (their manager in that cycle, HR admins, auditors); anyone else
-gets a 403 page naming nobody. It is built from the same read model as the person's own page, so
-it can never show more than they see.
+perfcycle.domain.access.viewing_capacity admits (their manager in that cycle, HR admins,
+auditors); anyone else gets a 403 page naming nobody. It is built from the same read model as
+the person's own page, so it can never show more than they see.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
+from perfcycle.domain.access import Capacity, viewing_capacity
 from perfcycle.domain.models import Cycle
 from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages.target_setting import PersonalGoalItem, personal_goal_items
@@ -256,10 +257,8 @@ def chosen_cycle(session: Session, request: Request, viewer: Viewer, cycle: int 
 
 def capacity_of(
     session: Session, viewer: Viewer, cycle_id: int, employee_id: str
-) -> services.Capacity | None:
-    return services.viewing_capacity(
-        session, cycle_id, employee_id, viewer_id=viewer.person_id, roles=viewer.roles
-    )
+) -> Capacity | None:
+    return viewing_capacity(session, viewer.actor, cycle_id, employee_id)
 
 
 def forbidden(request: Request) -> PageError:
@@ -269,7 +268,7 @@ def forbidden(request: Request) -> PageError:
 
 def others_cycle(
     session: Session, request: Request, viewer: Viewer, employee_id: str, cycle: int | None
-) -> tuple[Cycle, services.Capacity]:
+) -> tuple[Cycle, Capacity]:
     """The cycle of `employee_id`'s page to show and the capacity the viewer reads it in.
 
     The right to see comes first, so a refused viewer learns nothing about the person. Without
@@ -302,7 +301,7 @@ def transparency_page(
     employee: str = "",
 ) -> HTMLResponse:
     subject = employee.strip() or viewer.person_id
-    capacity: services.Capacity
+    capacity: Capacity
     if subject == viewer.person_id:
         the_cycle, capacity = chosen_cycle(session, request, viewer, cycle), "self"
     else:
