@@ -21,6 +21,7 @@ from perfcycle.connectors.sources import SourceUnavailable, collect
 from perfcycle.core.db import session_scope
 from perfcycle.core.errors import InvalidInput
 from perfcycle.devtools.demo_data import generate_tickets, sample_org
+from perfcycle.domain.access import Actor
 from perfcycle.domain.models import (
     AuditEvent,
     Cycle,
@@ -572,7 +573,7 @@ def test_hr_supplies_missing_values_by_csv_and_they_survive_a_rerun(
     lines.append('E0026,satisfaction_pct,99,"{""basis"": ""re-survey""}"')
     path = _write(tmp_path / "supplied.csv", "\n".join(lines) + "\n")
 
-    written = import_metrics_csv(session, cycle, policy, path, "hr-admin")
+    written = import_metrics_csv(session, cycle, policy, path, Actor.hr("hr-admin"))
     session.commit()
     assert written == 15
     assert handler.progress(session, cycle, policy, stage).complete
@@ -593,7 +594,7 @@ def test_hr_supplies_missing_values_by_csv_and_they_survive_a_rerun(
     session.commit()
     assert _values(session)[("E0026", "satisfaction_pct")] == (99.0, HR_IMPORT)
     # The same file again changes nothing.
-    assert import_metrics_csv(session, cycle, policy, path, "hr-admin") == 0
+    assert import_metrics_csv(session, cycle, policy, path, Actor.hr("hr-admin")) == 0
 
 
 def test_bad_metric_import_changes_nothing(
@@ -604,7 +605,7 @@ def test_bad_metric_import_changes_nothing(
         "employee_id,metric,value\nE0001,fcr_pct,80\nE0003,fcr_pct,80\nE0001,speed,1\nE0002,fcr_pct,x\n",
     )
     with pytest.raises(InvalidInput) as err:
-        import_metrics_csv(session, cycle, policy, path, "hr-admin")
+        import_metrics_csv(session, cycle, policy, path, Actor.hr("hr-admin"))
     assert [(p.file, p.line, p.field) for p in err.value.problems] == [
         (str(path), 3, "employee_id"),
         (str(path), 4, "metric"),
@@ -627,5 +628,5 @@ def test_import_after_data_collection_closed_is_refused(
             .values(state="completed", closed_at=datetime(2027, 1, 10, 9, tzinfo=UTC))
         )
     with session_scope(db_url) as session, pytest.raises(InvalidInput) as err:
-        import_metrics_csv(session, session.merge(cycle), policy, path, "hr-admin")
+        import_metrics_csv(session, session.merge(cycle), policy, path, Actor.hr("hr-admin"))
     assert "closed at 2027-01-10 09:00 UTC" in str(err.value)

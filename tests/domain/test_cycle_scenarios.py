@@ -30,6 +30,7 @@ from perfcycle.core.db import UTCDateTime, get_engine, session_scope
 from perfcycle.core.errors import InvalidInput
 from perfcycle.core.settings import REPO_ROOT, get_settings
 from perfcycle.domain import audit, cycles, engine
+from perfcycle.domain.access import Actor
 from perfcycle.domain.models import (
     AuditEvent,
     Base,
@@ -658,7 +659,7 @@ def _submit_some(url: str, cycle_id: int, n: int) -> set[int]:
         ).all()
         for a in pending:
             answers = full_answers(session, a, comment="seen at work")
-            submit_evaluation(session, a.id, answers, actor=a.rater_id, policy=policy)
+            submit_evaluation(session, a.id, answers, actor=Actor.person(a.rater_id), policy=policy)
         return {a.id for a in pending}
 
 
@@ -809,7 +810,9 @@ def test_after_a_late_re_evaluation_the_committee_still_gets_its_full_period(
         ).all()
         policy = cycle_policy(engine.get_cycle(session, cycle_id))
         for a in pending:
-            submit_evaluation(session, a.id, full_answers(session, a), a.rater_id, policy)
+            submit_evaluation(
+                session, a.id, full_answers(session, a), Actor.person(a.rater_id), policy
+            )
     status = play_until_waiting_at(url, cycle_id, "calibration")
     assert status.wait == "approval"
     # Seven days from when the committee has the results again, not from the old deadline.

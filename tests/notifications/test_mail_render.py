@@ -24,6 +24,7 @@ from perfcycle.core.db import session_scope
 from perfcycle.core.errors import InvalidInput
 from perfcycle.core.settings import get_settings
 from perfcycle.domain import engine
+from perfcycle.domain.access import Actor
 from perfcycle.domain.models import (
     Appeal,
     Employee,
@@ -132,13 +133,13 @@ def return_someones_goals(url: str, cycle_id: int) -> None:
             .order_by(Participant.employee_id)
             .limit(1)
         ).one()
-        submit_goals(session, cycle_id, employee_id, actor=employee_id)
+        submit_goals(session, cycle_id, employee_id, actor=Actor.person(employee_id))
         return_goals(
             session,
             cycle_id,
             employee_id,
             comment='Satisfaction target < 90% is too low; see "Q3 <review>" & fix',
-            actor=manager_id,
+            actor=Actor.person(manager_id),
         )
 
 
@@ -170,7 +171,7 @@ def appeal_and_adjust(url: str, cycle_id: int) -> None:
             cycle_id,
             appeal.employee_id,
             reason="My <b>complaint</b> count includes\ntickets from before I joined",
-            actor=appeal.employee_id,
+            actor=Actor.person(appeal.employee_id),
         )
         session.flush()
         decide_appeal(
@@ -178,7 +179,7 @@ def appeal_and_adjust(url: str, cycle_id: int) -> None:
             appeal.id,
             outcome="adjusted",
             note="Two tickets & one complaint were misattributed",
-            actor="supervision-chair",
+            actor=Actor.named("supervision-chair", "supervision"),
             policy=policy,
             new_grade=next(g for g in policy.grade_ids() if g != result.grade),
         )

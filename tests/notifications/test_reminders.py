@@ -16,6 +16,7 @@ from sqlalchemy import select
 from perfcycle.core.db import session_scope
 from perfcycle.core.settings import get_settings
 from perfcycle.domain import engine
+from perfcycle.domain.access import Actor
 from perfcycle.domain.models import (
     Cycle,
     Employee,
@@ -95,10 +96,12 @@ def mails(url: str, template: str, since: datetime | None = None) -> list[Outbox
 
 def sign_goals(url: str, cycle_id: int, employee_id: str, *, approve: bool = True) -> None:
     with session_scope(url) as s:
-        submit_goals(s, cycle_id, employee_id, actor=employee_id)
+        submit_goals(s, cycle_id, employee_id, actor=Actor.person(employee_id))
         if approve:
             manager = s.get_one(Employee, employee_id).manager_id
-            approve_goals(s, cycle_id, employee_id, actor=manager or "hr")
+            approve_goals(
+                s, cycle_id, employee_id, actor=Actor.person(manager) if manager else Actor.hr()
+            )
 
 
 def participants(url: str, cycle_id: int) -> set[str]:
@@ -378,7 +381,9 @@ def test_plan_owners_without_a_monthly_checkin_are_reminded_once_a_month(
     assert run(monkeypatch, db_url, december - DAY, send) == 0
     with session_scope(db_url) as s:
         e1_plan = _plan_ids(s, plans)["e1"]
-        improvement.record_checkin(s, e1_plan, month="2026-12", progress=30, note="", actor="m1")
+        improvement.record_checkin(
+            s, e1_plan, month="2026-12", progress=30, note="", actor=Actor.person("m1")
+        )
 
     assert run(monkeypatch, db_url, december, send) == 2
     sent = {m.context["employee_id"]: m for m in mails(db_url, "improvement_checkin_due")}
@@ -433,7 +438,7 @@ def _submit(url: str, cycle_id: int, assignments: list[RaterAssignment]) -> None
         policy = cycle_policy(engine.get_cycle(s, cycle_id))
         for a in assignments:
             answers = full_answers(s, a)
-            submit_evaluation(s, a.id, answers, actor=a.rater_id, policy=policy)
+            submit_evaluation(s, a.id, answers, actor=Actor.person(a.rater_id), policy=policy)
 
 
 def _plan_ids(s: Any, cycle_id: int) -> dict[str, int]:

@@ -34,6 +34,7 @@ from perfcycle.devtools.demo import Player
 from perfcycle.devtools.demo_data import generate_tickets, sample_org, write_org_csv
 from perfcycle.devtools.devstack import Stack
 from perfcycle.domain import engine
+from perfcycle.domain.access import Actor
 from perfcycle.domain.cycles import parse_period
 from perfcycle.domain.models import Base, Cycle, RaterAssignment, StageInstance
 from perfcycle.domain.org import import_org_csv
@@ -150,7 +151,9 @@ def submit_last_evaluation_in_the_portal(stack: Stack, cycle_id: int) -> None:
         ).all()
         policy = cycle_policy(engine.get_cycle(session, cycle_id))
         for a in others:
-            submit_evaluation(session, a.id, full_answers(session, a), a.rater_id, policy)
+            submit_evaluation(
+                session, a.id, full_answers(session, a), Actor.person(a.rater_id), policy
+            )
         answers = full_answers(session, last)
         last_id, rater = last.id, last.rater_id
     client = portal_signed_in(stack, rater, cycle_id, "evaluation", "evaluation:1")

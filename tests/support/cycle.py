@@ -17,6 +17,7 @@ from perfcycle.core.db import session_scope
 from perfcycle.devtools.demo import Player
 from perfcycle.devtools.demo_data import generate_tickets, sample_org, write_org_csv
 from perfcycle.domain import cycles, engine
+from perfcycle.domain.access import Actor
 from perfcycle.domain.models import Base, Cycle, Participant, RaterAssignment
 from perfcycle.domain.org import import_org_csv
 from perfcycle.domain.policy.snapshot import cycle_policy
@@ -54,9 +55,10 @@ def agree_goals_but_one(session: Session, cycle_id: int) -> tuple[str, str]:
     ).all()
     last, manager = next((e, str(m)) for e, m in rows if m)
     for employee_id, manager_id in rows:
-        submit_goals(session, cycle_id, employee_id, actor=employee_id)
+        submit_goals(session, cycle_id, employee_id, actor=Actor.person(employee_id))
         if employee_id != last:
-            approve_goals(session, cycle_id, employee_id, actor=manager_id or "hr-admin")
+            approver = Actor.person(manager_id) if manager_id else Actor.hr("hr-admin")
+            approve_goals(session, cycle_id, employee_id, actor=approver)
     return last, manager
 
 

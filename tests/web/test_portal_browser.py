@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from perfcycle.core.db import session_scope
 from perfcycle.core.settings import REPO_ROOT, get_settings
 from perfcycle.domain import engine
+from perfcycle.domain.access import Actor
 from perfcycle.domain.models import Employee, Evaluation, RaterAssignment, TaskToken
 from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages.evaluation import items_for, submit_evaluation
@@ -319,7 +320,7 @@ def test_an_employee_sees_rater_groups_only_when_enough_raters_answered(
         for a in assignments:
             if a.id != skipped.id:
                 answers = full_answers(s, a)
-                submit_evaluation(s, a.id, answers, a.rater_id, policy)
+                submit_evaluation(s, a.id, answers, Actor.person(a.rater_id), policy)
         due = engine.stage_instances(s, cycle_id)["evaluation"].due_at
     # Past the deadline and its extension the stage closes; the committee approves calibration.
     freeze(stack.monkeypatch, due + timedelta(days=1))

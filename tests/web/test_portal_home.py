@@ -20,6 +20,7 @@ from perfcycle.core import clock
 from perfcycle.core.db import session_scope
 from perfcycle.core.settings import get_settings
 from perfcycle.domain import engine
+from perfcycle.domain.access import Actor
 from perfcycle.domain.models import Cycle, Employee, Participant, RaterAssignment
 from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages.evaluation import submit_evaluation
@@ -179,14 +180,14 @@ def tasks_in_two_cycles(url: str, evaluating: int) -> None:
         for a in mine:
             answers = full_answers(s, a)
             policy = cycle_policy(engine.get_cycle(s, evaluating))
-            submit_evaluation(s, a.id, answers, person, policy)
+            submit_evaluation(s, a.id, answers, Actor.person(person), policy)
     page = client.get("/")
     assert section(page.text, evaluating) == ""
     assert f"/evaluations?cycle={evaluating}" not in page.text
     assert section(page.text, setting) != ""
 
     with session_scope(url) as s:
-        submit_goals(s, setting, person, actor=person)
+        submit_goals(s, setting, person, actor=Actor.person(person))
     page = client.get("/")
     assert section(page.text, setting) == "" and 'data-action="' not in page.text
     assert t("home.nothing") in page.text
@@ -218,7 +219,7 @@ def test_a_manager_is_asked_to_approve_once_a_report_submitted(
     assert f'id="place-team-{goals_cycle}" href="/goals?cycle={goals_cycle}"' in before
 
     with session_scope(db_url) as s:
-        submit_goals(s, goals_cycle, employee, actor=employee)
+        submit_goals(s, goals_cycle, employee, actor=Actor.person(employee))
     after = boss.get("/").text
     approve = task_item(after, "approve_goals")
     assert f"审批{employee_name}的绩效目标" in approve

@@ -28,6 +28,7 @@ from perfcycle.core.db import session_scope
 from perfcycle.core.settings import REPO_ROOT, Settings, get_settings
 from perfcycle.devtools.devstack import pick_free_ports
 from perfcycle.domain import engine
+from perfcycle.domain.access import Actor
 from perfcycle.domain.models import (
     AuditEvent,
     Employee,
@@ -381,7 +382,7 @@ def test_hr_is_told_of_goals_signed_by_someone_without_a_manager(db_url: str, cy
             )
         ).first()
         assert head is not None
-        submit_goals(s, cycle, head, actor=head)
+        submit_goals(s, cycle, head, actor=Actor.person(head))
     with session_scope(db_url) as s:
         [mail] = s.scalars(
             select(OutboxMessage).where(OutboxMessage.template == "goals_submitted")
@@ -588,7 +589,7 @@ def test_the_last_submission_tries_to_resume_the_flow_and_is_saved_without_prefe
         policy = cycle_policy(engine.get_cycle(s, cycle))
         for a in others:
             answers = full_answers(s, a)
-            submit_evaluation(s, a.id, answers, a.rater_id, policy)
+            submit_evaluation(s, a.id, answers, Actor.person(a.rater_id), policy)
         mine = full_answers(s, last)
     with caplog.at_level(logging.INFO, logger="perfcycle.web.deps"):
         response = client.post(f"/evaluations/{last.id}", data=form_of(dict(mine), token))
@@ -623,7 +624,7 @@ def test_an_approval_that_leaves_sheets_open_does_not_resume(
 ) -> None:
     employee, manager = first_report(db_url, cycle)
     with session_scope(db_url) as s:
-        submit_goals(s, cycle, employee, actor=employee)
+        submit_goals(s, cycle, employee, actor=Actor.person(employee))
     client = signed_in(db_url, manager, cycle, "goals_approval", "target_setting:1")
     page = client.get(f"/goals?cycle={cycle}")
     form = {"csrf_token": csrf_of(page.text), "cycle": str(cycle), "employee": employee}
@@ -653,7 +654,7 @@ def test_the_transparency_page_shows_evidence_scores_and_only_big_enough_rater_g
         for a in pending:
             if a.id != skipped.id:
                 submit_evaluation(
-                    s, a.id, full_answers(s, a), a.rater_id, policy
+                    s, a.id, full_answers(s, a), Actor.person(a.rater_id), policy
                 )
         due = engine.stage_instances(s, cycle_id)["evaluation"].due_at
     before = signed_in(db_url, full, cycle_id, "results", f"cycle:{cycle_id}")
@@ -820,7 +821,7 @@ def test_the_auditor_filters_the_log_and_sees_the_chain_verified_or_broken(
     actions = re.findall(r'data-action="([^"]+)"', only.text)
     assert actions == ["goals.proposed"]
     with session_scope(db_url) as s:
-        submit_goals(s, cycle, "E0002", actor="E0002")
+        submit_goals(s, cycle, "E0002", actor=Actor.person("E0002"))
     by_person = client.get("/audit?person=E0002")
     assert re.findall(r'data-action="([^"]+)"', by_person.text) == ["goals.submitted"]
     # A wildcard typed into the filter is a character, not "any": E000_ is nobody.

@@ -19,6 +19,7 @@ from perfcycle.core.db import session_scope
 from perfcycle.core.errors import InvalidInput
 from perfcycle.core.settings import get_settings
 from perfcycle.domain import engine
+from perfcycle.domain.access import Actor
 from perfcycle.domain.models import (
     Evaluation,
     EvaluationDraft,
@@ -91,7 +92,7 @@ def setup(
     cycle_id = databases.use_started(started_cycle, db_url, tmp_path, monkeypatch)
     with session_scope(db_url) as s:
         manager, employee, other = manager_with_two_reports(s, cycle_id)
-        assert save_personal_goals(s, cycle_id, employee, GOALS, actor=employee) == 2
+        assert save_personal_goals(s, cycle_id, employee, GOALS, actor=Actor.person(employee)) == 2
     # Everyone signs with their manager (the employee's goals included), evaluation opens.
     assert play_until_waiting_at(db_url, cycle_id, "evaluation").wait == "people"
     yield Setup(db_url, cycle_id, manager, employee, other)
@@ -267,7 +268,7 @@ def test_a_goal_item_of_another_ratee_is_refused_and_nothing_is_saved(setup: Set
         policy = cycle_policy(engine.get_cycle(s, setup.cycle_id))
         with pytest.raises(InvalidInput) as err:
             scores = {item: (4, "") for item in [*answers, "personal-1"]}
-            submit_evaluation(s, theirs.id, scores, setup.manager, policy)
+            submit_evaluation(s, theirs.id, scores, Actor.person(setup.manager), policy)
     assert [p.field for p in err.value.problems] == ["personal-1"]
     assert state_of(setup.url, theirs.id) == "pending"
 
@@ -311,7 +312,7 @@ def test_paper_forms_of_the_superior_rate_the_personal_goals_too(
     with session_scope(setup.url) as s:
         policy = cycle_policy(engine.get_cycle(s, setup.cycle_id))
         with pytest.raises(InvalidInput) as err:
-            import_evaluations_csv(s, setup.cycle_id, incomplete, policy, "hr-admin")
+            import_evaluations_csv(s, setup.cycle_id, incomplete, policy, Actor.hr("hr-admin"))
     messages = [p.message for p in err.value.problems]
     assert "item personal-2 is not answered" in messages
     assert any("personal-2 is not an item for this rater" in m for m in messages)
@@ -326,7 +327,7 @@ def test_paper_forms_of_the_superior_rate_the_personal_goals_too(
     )
     with session_scope(setup.url) as s:
         policy = cycle_policy(engine.get_cycle(s, setup.cycle_id))
-        assert import_evaluations_csv(s, setup.cycle_id, complete, policy, "hr-admin") == 2
+        assert import_evaluations_csv(s, setup.cycle_id, complete, policy, Actor.hr("hr-admin")) == 2
         ids = [i.id for i in assignment_items(
             s, policy, setup.cycle_id, setup.employee, "superior"
         )]

@@ -20,6 +20,7 @@ from perfcycle.core import clock
 from perfcycle.core.db import session_scope
 from perfcycle.core.settings import get_settings
 from perfcycle.domain import engine
+from perfcycle.domain.access import Actor
 from perfcycle.domain.models import (
     AuditEvent,
     Cycle,
@@ -173,7 +174,7 @@ def release_results(url: str, cycle_id: int) -> None:
         ).all()
         for a in pending:
             answers = full_answers(s, a, comment=comment_for(a))
-            submit_evaluation(s, a.id, answers, a.rater_id, policy)
+            submit_evaluation(s, a.id, answers, Actor.person(a.rater_id), policy)
     assert play_until_waiting_at(url, cycle_id, "calibration").wait == "approval"
     decide(url, cycle_id, decision="approve", approver="committee")
     run_until_wait(url, cycle_id)
@@ -366,7 +367,7 @@ def test_the_home_page_lists_a_managers_reports_with_working_links(db_url: str, 
         assert t("me.viewing.manager", name=name_of(db_url, report), id=report) in opened.text
 
     with session_scope(db_url) as s:
-        submit_goals(s, cycle, employee, actor=employee)
+        submit_goals(s, cycle, employee, actor=Actor.person(employee))
     row = card(boss.get("/").text, "team").split(f'id="team-{cycle}-{employee}"')[1]
     assert t("goals.state.submitted") in row.split("</tr>")[0]
 

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from perfcycle.core.db import session_scope
 from perfcycle.core.errors import InvalidInput
+from perfcycle.domain.access import Actor
 from perfcycle.domain.models import (
     AuditEvent,
     Cycle,
@@ -210,7 +211,9 @@ def answers_for(rater_type: str, score: int = 4) -> dict[str, tuple[int, str]]:
     return {i.id: (score, "") for i in items_for(POLICY, rater_type)}
 
 
-def submit(url: str, aid: int, answers: dict[str, tuple[Any, str]], actor: str = "u") -> None:
+def submit(
+    url: str, aid: int, answers: dict[str, tuple[Any, str]], actor: Actor = Actor.hr("u")
+) -> None:
     with session_scope(url) as s:
         submit_evaluation(s, aid, answers, actor, POLICY)
 
@@ -404,7 +407,9 @@ def test_submit_records_scores_and_closes_the_assignment(db_url: str, entered: i
     aid = assignment_id(db_url, "S04", "S04", "self")
 
     submit(
-        db_url, aid, {"attitude": (5, "总是主动问候"), "teamwork": (3, "")}, actor="employee:S04"
+        db_url, aid, {"attitude": (5, "总是主动问候"), "teamwork": (3, "")}, actor=Actor.person(
+            "S04"
+        )
     )
 
     with session_scope(db_url) as s:
@@ -416,7 +421,7 @@ def test_submit_records_scores_and_closes_the_assignment(db_url: str, entered: i
     assert event is not None
     assert (event.action, event.actor, event.subject) == (
         "evaluation.submitted",
-        "employee:S04",
+        "S04",
         f"assignment:{aid}",
     )
     assert event.after == {
@@ -473,7 +478,7 @@ def test_submit_rejects_bad_answers_and_writes_nothing(
     before = snapshot(db_url)
 
     with session_scope(db_url) as s, pytest.raises(InvalidInput) as err:
-        submit_evaluation(s, aid, answers, "u", POLICY)
+        submit_evaluation(s, aid, answers, Actor.hr("u"), POLICY)
 
     assert [(p.field, p.message) for p in err.value.problems] == expected
     assert snapshot(db_url) == before
@@ -575,7 +580,7 @@ def test_import_paper_forms(db_url: str, entered: int, tmp_path: Path):
     )
 
     with session_scope(db_url) as s:
-        assert import_evaluations_csv(s, entered, path, POLICY, actor="hr:clerk") == 2
+        assert import_evaluations_csv(s, entered, path, POLICY, actor=Actor.hr("hr:clerk")) == 2
 
     rows = assignments(db_url)
     assert rows[("S02", "S04", "superior")][1] == "submitted"
@@ -617,7 +622,7 @@ def test_import_reports_every_bad_row_and_writes_nothing(db_url: str, entered: i
     )
 
     with session_scope(db_url) as s, pytest.raises(InvalidInput) as err:
-        import_evaluations_csv(s, entered, path, POLICY, actor="hr:clerk")
+        import_evaluations_csv(s, entered, path, POLICY, actor=Actor.hr("hr:clerk"))
 
     assert [str(p) for p in err.value.problems] == [
         f"{path}:2: item: item teamwork is not answered",
@@ -637,10 +642,10 @@ def test_import_reports_every_bad_row_and_writes_nothing(db_url: str, entered: i
 def test_import_needs_an_existing_cycle_and_rows(db_url: str, entered: int, tmp_path: Path):
     empty = write_forms(tmp_path, [])
     with session_scope(db_url) as s, pytest.raises(InvalidInput) as err:
-        import_evaluations_csv(s, entered, empty, POLICY, actor="hr")
+        import_evaluations_csv(s, entered, empty, POLICY, actor=Actor.hr())
     assert [str(p) for p in err.value.problems] == [f"{empty}:2: no evaluations in the file"]
     with session_scope(db_url) as s, pytest.raises(InvalidInput, match="cycle: no cycle 42"):
-        import_evaluations_csv(s, 42, empty, POLICY, actor="hr")
+        import_evaluations_csv(s, 42, empty, POLICY, actor=Actor.hr())
 
 
 # ---------------------------------------------------------------- PostgreSQL

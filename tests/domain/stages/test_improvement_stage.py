@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from perfcycle.core.db import session_scope
 from perfcycle.core.settings import get_settings
+from perfcycle.domain.access import Actor
 from perfcycle.domain.models import ImprovementPlan, PlanCheckin
 from perfcycle.domain.stages import improvement
 from perfcycle.domain.stages.base import Progress
@@ -152,7 +153,7 @@ def test_owner_and_employee_update_the_plan(db_url: str, cycle_id: int) -> None:
             pid,
             goal=" Satisfaction back to 90 ",
             actions=[{"action": "Shadow a senior agent", "due": "2026-12-20"}],
-            actor="e1",
+            actor=Actor.person("e1"),
         )
     with session_scope(db_url) as s:
         improvement.update_plan(
@@ -163,7 +164,7 @@ def test_owner_and_employee_update_the_plan(db_url: str, cycle_id: int) -> None:
                 {"action": "Shadow a senior agent", "due": date(2026, 12, 20)},
                 {"action": "Complaint handling course", "due": "2027-02-28"},
             ],
-            actor="m1",
+            actor=Actor.person("m1"),
         )
 
     plan = plan_of(db_url, "e1")
@@ -186,7 +187,7 @@ def test_update_plan_rejections_name_the_field(db_url: str, cycle_id: int) -> No
             pid,
             goal=goal,
             actions=list(actions) if isinstance(actions, tuple) else actions,
-            actor=actor,
+            actor=Actor.person(actor),
         )
 
     assert "owner or the employee (e1, m1)" in assert_rejected(db_url, update(actor="e2"), "actor")
@@ -216,10 +217,16 @@ def test_update_plan_rejections_name_the_field(db_url: str, cycle_id: int) -> No
 def test_checkins_one_per_month_the_second_replaces_the_first(db_url: str, cycle_id: int) -> None:
     pid = plan_of(db_url, "e1").id
     with session_scope(db_url) as s:
-        improvement.record_checkin(s, pid, month="2026-11", progress=10, note="started", actor="e1")
-        improvement.record_checkin(s, pid, month="2026-12", progress=30, note="", actor="m1")
+        improvement.record_checkin(
+            s, pid, month="2026-11", progress=10, note="started", actor=Actor.person("e1")
+        )
+        improvement.record_checkin(
+            s, pid, month="2026-12", progress=30, note="", actor=Actor.person("m1")
+        )
     with session_scope(db_url) as s:
-        improvement.record_checkin(s, pid, month="2026-12", progress=45, note="better", actor="e1")
+        improvement.record_checkin(
+            s, pid, month="2026-12", progress=45, note="better", actor=Actor.person("e1")
+        )
 
     assert checkins(db_url) == [("2026-11", 10, "started", "e1"), ("2026-12", 45, "better", "e1")]
     [updated] = audit_events(db_url, "improvement.checkin_updated")
@@ -233,7 +240,7 @@ def test_checkin_rejections_name_the_field(db_url: str, cycle_id: int) -> None:
 
     def checkin(month: str = "2026-12", progress: Any = 50, actor: str = "e1") -> Any:
         return lambda s: improvement.record_checkin(
-            s, pid, month=month, progress=progress, note="", actor=actor
+            s, pid, month=month, progress=progress, note="", actor=Actor.person(actor)
         )
 
     assert_rejected(db_url, checkin(month="2026-13"), "month")
@@ -252,7 +259,7 @@ def test_owner_closes_the_plan_with_the_verified_effect(db_url: str, cycle_id: i
 
     def close(actor: str = "m1", effect: Any = True, outcome: str = "done") -> Any:
         return lambda s: improvement.close_plan(
-            s, pid, effect_verified=effect, outcome=outcome, actor=actor
+            s, pid, effect_verified=effect, outcome=outcome, actor=Actor.person(actor)
         )
 
     assert "plan's owner (m1)" in assert_rejected(db_url, close(actor="e2"), "actor")
@@ -275,7 +282,7 @@ def test_owner_closes_the_plan_with_the_verified_effect(db_url: str, cycle_id: i
     assert (mail.recipient_id, mail.context["effect_verified"]) == ("e2", True)
     assert_rejected(db_url, close(), "state")
     assert_rejected(
-        db_url, lambda s: improvement.update_plan(s, pid, goal="g", actions=[], actor="e2"), "state"
+        db_url, lambda s: improvement.update_plan(s, pid, goal="g", actions=[], actor=Actor.person("e2")), "state"
     )
 
 
@@ -284,7 +291,9 @@ def test_progress_and_close_lapse_what_is_still_open(db_url: str, cycle_id: int)
     assert run_handler(db_url, handler, "progress", cycle_id, policy) == Progress(0, 3)
     with session_scope(db_url) as s:
         improvement.close_plan(
-            s, plan_of(db_url, "e1").id, effect_verified=False, outcome="no change", actor="m1"
+            s, plan_of(db_url, "e1").id, effect_verified=False, outcome="no change", actor=Actor.person(
+                "m1"
+            )
         )
     assert run_handler(db_url, handler, "progress", cycle_id, policy) == Progress(1, 3)
 
@@ -301,7 +310,7 @@ def test_progress_and_close_lapse_what_is_still_open(db_url: str, cycle_id: int)
     assert_rejected(
         db_url,
         lambda s: improvement.record_checkin(
-            s, lapsed, month="2026-12", progress=5, note="", actor="e2"
+            s, lapsed, month="2026-12", progress=5, note="", actor=Actor.person("e2")
         ),
         "state",
     )

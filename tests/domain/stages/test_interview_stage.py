@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from perfcycle.core.db import session_scope
 from perfcycle.core.errors import InvalidInput
+from perfcycle.domain.access import Actor
 from perfcycle.domain.models import (
     AuditEvent,
     Base,
@@ -296,7 +297,9 @@ def test_manager_records_the_interview(db_url: str, cycle_id: int) -> None:
     iid = interview_of(db_url, "e1").id
     with session_scope(db_url) as s:
         interview.record_interview(
-            s, iid, summary=" Missed SLA twice ", root_causes="Queue overload", actor="m1"
+            s, iid, summary=" Missed SLA twice ", root_causes="Queue overload", actor=Actor.person(
+                "m1"
+            )
         )
 
     held = interview_of(db_url, "e1")
@@ -319,10 +322,14 @@ def test_manager_may_correct_a_held_interview_until_acknowledged(
 ) -> None:
     iid = interview_of(db_url, "e1").id
     with session_scope(db_url) as s:
-        interview.record_interview(s, iid, summary="first", root_causes="", actor="m1")
+        interview.record_interview(
+            s, iid, summary="first", root_causes="", actor=Actor.person("m1")
+        )
     monkeypatch.setenv("PERFCYCLE_NOW", (NOW + timedelta(hours=1)).isoformat())
     with session_scope(db_url) as s:
-        interview.record_interview(s, iid, summary="second", root_causes="late", actor="m1")
+        interview.record_interview(
+            s, iid, summary="second", root_causes="late", actor=Actor.person("m1")
+        )
 
     corrected = interview_of(db_url, "e1")
     assert (corrected.summary, corrected.root_causes, corrected.held_at) == ("second", "late", NOW)
@@ -336,7 +343,7 @@ def test_record_rejects_wrong_actor_and_missing_summary(db_url: str, cycle_id: i
 
     def record(actor: str, summary: str) -> Callable[[Session], object]:
         return lambda s: interview.record_interview(
-            s, iid, summary=summary, root_causes="x", actor=actor
+            s, iid, summary=summary, root_causes="x", actor=Actor.person(actor)
         )
 
     message = assert_rejected(db_url, record("boss", "ok"), "actor")
@@ -346,7 +353,7 @@ def test_record_rejects_wrong_actor_and_missing_summary(db_url: str, cycle_id: i
     assert_rejected(db_url, record("e2", ""), "actor", "summary")
     assert_rejected(
         db_url,
-        lambda s: interview.record_interview(s, 9999, summary="x", root_causes="", actor="m1"),
+        lambda s: interview.record_interview(s, 9999, summary="x", root_causes="", actor=Actor.person("m1")),
         "interview_id",
     )
 
@@ -355,15 +362,17 @@ def test_employee_acknowledges_a_held_interview(db_url: str, cycle_id: int) -> N
     iid = interview_of(db_url, "e2").id
 
     def acknowledge(actor: str) -> Callable[[Session], object]:
-        return lambda s: interview.acknowledge_interview(s, iid, actor=actor)
+        return lambda s: interview.acknowledge_interview(s, iid, actor=Actor.person(actor))
 
     assert "only a held interview" in assert_rejected(db_url, acknowledge("e2"), "state")
 
     with session_scope(db_url) as s:
-        interview.record_interview(s, iid, summary="talked", root_causes="", actor="m1")
+        interview.record_interview(
+            s, iid, summary="talked", root_causes="", actor=Actor.person("m1")
+        )
     assert_rejected(db_url, acknowledge("m1"), "actor")
     with session_scope(db_url) as s:
-        interview.acknowledge_interview(s, iid, actor="e2")
+        interview.acknowledge_interview(s, iid, actor=Actor.person("e2"))
 
     done = interview_of(db_url, "e2")
     assert (done.state, done.acknowledged_at) == ("acknowledged", NOW)
@@ -372,7 +381,9 @@ def test_employee_acknowledges_a_held_interview(db_url: str, cycle_id: int) -> N
     assert_rejected(db_url, acknowledge("e2"), "state")
 
     def record_again(s: Session) -> object:
-        return interview.record_interview(s, iid, summary="rewrite", root_causes="", actor="m1")
+        return interview.record_interview(
+            s, iid, summary="rewrite", root_causes="", actor=Actor.person("m1")
+        )
 
     assert "no longer be recorded" in assert_rejected(db_url, record_again, "state")
 
@@ -384,10 +395,12 @@ def test_progress_counts_acknowledged_interviews(db_url: str, cycle_id: int) -> 
 
     iid = interview_of(db_url, "e3").id
     with session_scope(db_url) as s:
-        interview.record_interview(s, iid, summary="fine", root_causes="", actor="boss")
+        interview.record_interview(
+            s, iid, summary="fine", root_causes="", actor=Actor.person("boss")
+        )
     assert run_handler(db_url, handler, "progress", cycle_id, policy) == Progress(0, 4)
     with session_scope(db_url) as s:
-        interview.acknowledge_interview(s, iid, actor="e3")
+        interview.acknowledge_interview(s, iid, actor=Actor.person("e3"))
     assert run_handler(db_url, handler, "progress", cycle_id, policy) == Progress(1, 4)
 
 
@@ -396,9 +409,9 @@ def test_close_marks_scheduled_interviews_missed_once(db_url: str, cycle_id: int
     handler = interview.Handler()
     e1, e2 = interview_of(db_url, "e1").id, interview_of(db_url, "e2").id
     with session_scope(db_url) as s:
-        interview.record_interview(s, e1, summary="a", root_causes="", actor="m1")
-        interview.record_interview(s, e2, summary="b", root_causes="", actor="m1")
-        interview.acknowledge_interview(s, e2, actor="e2")
+        interview.record_interview(s, e1, summary="a", root_causes="", actor=Actor.person("m1"))
+        interview.record_interview(s, e2, summary="b", root_causes="", actor=Actor.person("m1"))
+        interview.acknowledge_interview(s, e2, actor=Actor.person("e2"))
 
     summary = run_handler(db_url, handler, "close", cycle_id, policy)
 
@@ -418,6 +431,6 @@ def test_close_marks_scheduled_interviews_missed_once(db_url: str, cycle_id: int
     missed = interview_of(db_url, "e3").id
     assert_rejected(
         db_url,
-        lambda s: interview.record_interview(s, missed, summary="x", root_causes="", actor="boss"),
+        lambda s: interview.record_interview(s, missed, summary="x", root_causes="", actor=Actor.person("boss")),
         "state",
     )

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from perfcycle.core.db import session_scope
 from perfcycle.core.errors import InvalidInput
 from perfcycle.core.settings import get_settings
+from perfcycle.domain.access import Actor
 from perfcycle.domain.models import AuditEvent, Cycle, Goal
 from perfcycle.domain.stages.target_setting import (
     agreed_targets,
@@ -90,7 +91,7 @@ def test_personal_goals_take_the_share_from_their_category_and_the_sheet_adds_up
             cycle,
             employee,
             [goal("Run two FAQ workshops", "4"), BLANK, goal("Cut reopen rate", "2")],
-            actor=employee,
+            actor=Actor.person(employee),
         )
 
     after = sheet(db_url, cycle, employee)
@@ -108,7 +109,7 @@ def test_personal_goals_take_the_share_from_their_category_and_the_sheet_adds_up
     assert after[LOCKED].weight == before[LOCKED].weight
 
     with session_scope(db_url) as s:  # removing them gives the category its weight back
-        assert save_personal_goals(s, cycle, employee, [], actor=employee) == 0
+        assert save_personal_goals(s, cycle, employee, [], actor=Actor.person(employee)) == 0
     restored = sheet(db_url, cycle, employee)
     assert {k: g.weight for k, g in restored.items()} == {k: g.weight for k, g in before.items()}
 
@@ -123,7 +124,7 @@ def test_bad_personal_goals_name_row_and_field_and_change_nothing(db_url: str, c
     ]
 
     with pytest.raises(InvalidInput) as refused, session_scope(db_url) as s:
-        save_personal_goals(s, cycle, employee, rows, actor=employee)
+        save_personal_goals(s, cycle, employee, rows, actor=Actor.person(employee))
 
     found = problems_of(refused)
     assert set(found) == {
@@ -150,7 +151,7 @@ def test_personal_goals_stay_within_the_policy_limits(
     employee, _ = first_report(db_url, cycle)
 
     with pytest.raises(InvalidInput) as refused, session_scope(db_url) as s:
-        save_personal_goals(s, cycle, employee, rows, actor=employee)
+        save_personal_goals(s, cycle, employee, rows, actor=Actor.person(employee))
 
     assert says in problems_of(refused)[field]
     assert not any(g.kind == "personal" for g in sheet(db_url, cycle, employee).values())
@@ -160,12 +161,14 @@ def test_only_the_employee_edits_and_only_before_signing(db_url: str, cycle: int
     employee, manager = first_report(db_url, cycle)
 
     with pytest.raises(InvalidInput, match="only the employee"), session_scope(db_url) as s:
-        save_personal_goals(s, cycle, employee, [goal("Workshops", "6")], actor=manager)
+        save_personal_goals(
+            s, cycle, employee, [goal("Workshops", "6")], actor=Actor.person(manager)
+        )
     with session_scope(db_url) as s:
-        submit_goals(s, cycle, employee, actor=employee)
+        submit_goals(s, cycle, employee, actor=Actor.person(employee))
     refused = pytest.raises(InvalidInput, match="submitted; they can change only before signing")
     with refused, session_scope(db_url) as s:
-        set_target(s, cycle, employee, UNLOCKED, "80", actor=employee)
+        set_target(s, cycle, employee, UNLOCKED, "80", actor=Actor.person(employee))
 
 
 def test_an_unlocked_target_is_the_employees_to_propose_a_locked_one_is_not(
@@ -174,15 +177,15 @@ def test_an_unlocked_target_is_the_employees_to_propose_a_locked_one_is_not(
     employee, manager = first_report(db_url, cycle)
 
     with pytest.raises(InvalidInput, match="locks this target"), session_scope(db_url) as s:
-        set_target(s, cycle, employee, LOCKED, "80", actor=employee)
+        set_target(s, cycle, employee, LOCKED, "80", actor=Actor.person(employee))
     with pytest.raises(InvalidInput, match="expected a number"), session_scope(db_url) as s:
-        set_target(s, cycle, employee, UNLOCKED, "eighty", actor=employee)
+        set_target(s, cycle, employee, UNLOCKED, "eighty", actor=Actor.person(employee))
     with session_scope(db_url) as s:
-        set_target(s, cycle, employee, UNLOCKED, "80", actor=employee)
+        set_target(s, cycle, employee, UNLOCKED, "80", actor=Actor.person(employee))
         assert agreed_targets(s, cycle).get(employee) is None  # not agreed yet
     with session_scope(db_url) as s:
-        submit_goals(s, cycle, employee, actor=employee)
-        approve_goals(s, cycle, employee, actor=manager)
+        submit_goals(s, cycle, employee, actor=Actor.person(employee))
+        approve_goals(s, cycle, employee, actor=Actor.person(manager))
 
     with session_scope(db_url) as s:
         assert agreed_targets(s, cycle)[employee] == {UNLOCKED: 80.0}
@@ -207,11 +210,13 @@ def test_a_policy_minimum_of_personal_goals_is_checked_when_signing(
         row.policy_snapshot = snapshot
 
     with pytest.raises(InvalidInput, match="at least 1 personal goals"), session_scope(db_url) as s:
-        submit_goals(s, cycle, employee, actor=employee)
+        submit_goals(s, cycle, employee, actor=Actor.person(employee))
     with session_scope(db_url) as s:
-        save_personal_goals(s, cycle, employee, [goal("Workshops", "6")], actor=employee)
+        save_personal_goals(
+            s, cycle, employee, [goal("Workshops", "6")], actor=Actor.person(employee)
+        )
     with session_scope(db_url) as s:
-        submit_goals(s, cycle, employee, actor=employee)
+        submit_goals(s, cycle, employee, actor=Actor.person(employee))
     assert goal_states(db_url, cycle, employee) == {("submitted", True, False)}
 
 
