@@ -327,7 +327,8 @@ def test_paper_forms_of_the_superior_rate_the_personal_goals_too(
     )
     with session_scope(setup.url) as s:
         policy = cycle_policy(engine.get_cycle(s, setup.cycle_id))
-        assert import_evaluations_csv(s, setup.cycle_id, complete, policy, Actor.hr("hr-admin")) == 2
+        hr = Actor.hr("hr-admin")
+        assert import_evaluations_csv(s, setup.cycle_id, complete, policy, hr) == 2
         ids = [i.id for i in assignment_items(
             s, policy, setup.cycle_id, setup.employee, "superior"
         )]

@@ -282,7 +282,9 @@ def test_owner_closes_the_plan_with_the_verified_effect(db_url: str, cycle_id: i
     assert (mail.recipient_id, mail.context["effect_verified"]) == ("e2", True)
     assert_rejected(db_url, close(), "state")
     assert_rejected(
-        db_url, lambda s: improvement.update_plan(s, pid, goal="g", actions=[], actor=Actor.person("e2")), "state"
+        db_url,
+        lambda s: improvement.update_plan(s, pid, goal="g", actions=[], actor=Actor.person("e2")),
+        "state",
     )
 
 
@@ -291,9 +293,11 @@ def test_progress_and_close_lapse_what_is_still_open(db_url: str, cycle_id: int)
     assert run_handler(db_url, handler, "progress", cycle_id, policy) == Progress(0, 3)
     with session_scope(db_url) as s:
         improvement.close_plan(
-            s, plan_of(db_url, "e1").id, effect_verified=False, outcome="no change", actor=Actor.person(
-                "m1"
-            )
+            s,
+            plan_of(db_url, "e1").id,
+            effect_verified=False,
+            outcome="no change",
+            actor=Actor.person("m1"),
         )
     assert run_handler(db_url, handler, "progress", cycle_id, policy) == Progress(1, 3)
 

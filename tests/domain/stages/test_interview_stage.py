@@ -353,7 +353,9 @@ def test_record_rejects_wrong_actor_and_missing_summary(db_url: str, cycle_id: i
     assert_rejected(db_url, record("e2", ""), "actor", "summary")
     assert_rejected(
         db_url,
-        lambda s: interview.record_interview(s, 9999, summary="x", root_causes="", actor=Actor.person("m1")),
+        lambda s: interview.record_interview(
+            s, 9999, summary="x", root_causes="", actor=Actor.person("m1")
+        ),
         "interview_id",
     )
 
@@ -431,6 +433,8 @@ def test_close_marks_scheduled_interviews_missed_once(db_url: str, cycle_id: int
     missed = interview_of(db_url, "e3").id
     assert_rejected(
         db_url,
-        lambda s: interview.record_interview(s, missed, summary="x", root_causes="", actor=Actor.person("boss")),
+        lambda s: interview.record_interview(
+            s, missed, summary="x", root_causes="", actor=Actor.person("boss")
+        ),
         "state",
     )
