@@ -394,6 +394,47 @@ def test_hr_is_told_of_goals_signed_by_someone_without_a_manager(db_url: str, cy
         assert says in rendered.text and mail.context["employee_name"] in rendered.subject
 
 
+def test_an_hr_admin_lists_returns_and_approves_the_goals_of_someone_without_a_manager(
+    db_url: str, cycle: int
+) -> None:
+    with session_scope(db_url) as s:
+        head = s.scalars(
+            select(Participant.employee_id).where(
+                Participant.cycle_id == cycle, Participant.manager_id.is_(None)
+            )
+        ).first()
+        assert head is not None
+        submit_goals(s, cycle, head, actor=Actor.person(head))
+    clerk, _ = first_report(db_url, cycle)
+    hr = signed_in(db_url, clerk, cycle, "goals", "target_setting:1")
+    page = hr.get(f"/goals?cycle={cycle}")
+    assert f'id="sheet-{head}"' not in page.text  # not HR yet: not theirs to review
+    form = {"csrf_token": csrf_of(page.text), "cycle": str(cycle), "employee": head}
+    assert hr.post("/goals/review", data={**form, "decision": "approve"}).status_code == 403
+
+    grant(db_url, clerk, "hr_admin")
+    page = hr.get(f"/goals?cycle={cycle}")
+    assert page.status_code == 200
+    listed = page.text.split('id="standing_in"')[1]
+    assert f'id="sheet-{head}"' in listed and t("goals.standing_in") in page.text
+    returned = hr.post("/goals/review", data={**form, "decision": "return", "comment": "再议"})
+    assert returned.status_code == 303
+    assert goal_states(db_url, cycle, head) == {("proposed", False, False)}
+    with session_scope(db_url) as s:
+        submit_goals(s, cycle, head, actor=Actor.person(head))
+    approved = hr.post("/goals/review", data={**form, "decision": "approve"})
+    assert approved.status_code == 303
+    assert goal_states(db_url, cycle, head) == {("agreed", True, True)}
+    with session_scope(db_url) as s:
+        actors = s.scalars(
+            select(AuditEvent.actor).where(
+                AuditEvent.action.in_(["goals.returned", "goals.agreed"]),
+                AuditEvent.subject == f"cycle:{cycle}/employee:{head}",
+            )
+        ).all()
+    assert actors == [clerk, clerk]  # the audit names the HR admin who signed
+
+
 def test_only_the_manager_can_approve_and_a_tampered_form_changes_nothing(
     db_url: str, cycle: int
 ) -> None:
