@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
 from perfcycle.core.errors import InvalidInput, NotAllowed, Problem
@@ -153,17 +153,25 @@ class Reviewee(NamedTuple):
     as_hr: bool
 
 
-def goal_reviewees(session: Session, actor: Actor, cycle_id: int) -> list[Reviewee]:
-    """Whose goal sheets the actor approves or returns in the cycle: the reports the cycle
-    recorded for them and, for HR, everyone without a manager (the same rule as
-    require_goal_approver)."""
+def reviews_goals_of(actor: Actor) -> ColumnElement[bool] | None:
+    """The Participant rows whose goal sheets the actor approves or returns (the rule of
+    require_goal_approver as SQL): the reports the cycle recorded for them and, for HR,
+    everyone without a manager. None: nobody's."""
     mine = [Participant.manager_id == actor.person_id] if actor.person_id else []
     standing_in = [Participant.manager_id.is_(None)] if actor.is_hr else []
     if not mine and not standing_in:
+        return None
+    return or_(*mine, *standing_in)
+
+
+def goal_reviewees(session: Session, actor: Actor, cycle_id: int) -> list[Reviewee]:
+    """Whose goal sheets the actor approves or returns in the cycle, in employee id order."""
+    reviewed = reviews_goals_of(actor)
+    if reviewed is None:
         return []
     rows = session.execute(
         select(Participant.employee_id, Participant.manager_id)
-        .where(Participant.cycle_id == cycle_id, or_(*mine, *standing_in))
+        .where(Participant.cycle_id == cycle_id, reviewed)
         .order_by(Participant.employee_id)
     ).tuples()
     return [Reviewee(employee_id, manager_id is None) for employee_id, manager_id in rows]

@@ -413,6 +413,8 @@ def test_an_hr_admin_lists_returns_and_approves_the_goals_of_someone_without_a_m
     assert hr.post("/goals/review", data={**form, "decision": "approve"}).status_code == 403
 
     grant(db_url, clerk, "hr_admin")
+    # The home page leads HR to the sheets it approves.
+    assert f'id="place-team-{cycle}" href="/goals?cycle={cycle}"' in hr.get("/").text
     page = hr.get(f"/goals?cycle={cycle}")
     assert page.status_code == 200
     listed = page.text.split('id="standing_in"')[1]

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from perfcycle.core import clock
 from perfcycle.core.settings import get_settings
+from perfcycle.domain import access
 from perfcycle.domain.models import Cycle, Participant
 from perfcycle.domain.stages.base import PendingTask
 from perfcycle.notifications import task_kinds
@@ -217,7 +218,7 @@ def places_for(session: Session, viewer: Viewer, locale: str) -> list[Place]:
     if services.cycles_of(session, viewer.person_id):
         # /me without a cycle shows the newest one and links the others.
         places.append(Place(t("me.title"), "/me", "place-me"))
-    for cycle in cycles_managed(session, viewer.person_id):
+    for cycle in cycles_reviewed(session, viewer):
         label = t("home.team_goals", cycle=t("pages.cycle_label", id=cycle.id, period=cycle.period))
         places.append(Place(label, f"/goals?cycle={cycle.id}", f"place-team-{cycle.id}"))
     if viewer.has(*hr.READING_ROLES):  # auditors read it too, without its actions
@@ -229,9 +230,13 @@ def places_for(session: Session, viewer: Viewer, locale: str) -> list[Place]:
     return places
 
 
-def cycles_managed(session: Session, manager_id: str) -> Iterable[Cycle]:
-    """Running cycles in which someone reports to the person (as the cycle recorded it)."""
-    managed = select(Participant.cycle_id).where(Participant.manager_id == manager_id)
+def cycles_reviewed(session: Session, viewer: Viewer) -> Iterable[Cycle]:
+    """Running cycles with goal sheets the viewer reviews: someone reports to them (as the cycle
+    recorded it) or, for HR, someone has no manager."""
+    reviewed = access.reviews_goals_of(viewer.actor)
+    if reviewed is None:
+        return []
+    managed = select(Participant.cycle_id).where(reviewed)
     return session.scalars(
         select(Cycle).where(Cycle.state == "running", Cycle.id.in_(managed)).order_by(Cycle.id)
     )
