@@ -132,6 +132,11 @@ add_messages(
             "zh-CN": "只有其直属上级（{manager}）可以审批或退回 {employee} 的目标",
             "en": "Only their manager ({manager}) can approve or return {employee}'s goals",
         },
+        # Pages answer StageClosed with their 409 page naming the stage; this is the fallback.
+        "problem.stage_closed": {
+            "zh-CN": "该阶段已不再接受提交，未做任何更改",
+            "en": "This stage no longer accepts submissions; nothing was changed",
+        },
         "problem.not_the_approver_hr": {
             "zh-CN": "{employee} 在本周期没有直属上级，只有人力资源部可以审批或退回其目标",
             "en": "{employee} has no manager in this cycle: only HR can approve or return "
