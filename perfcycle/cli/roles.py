@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session
 from perfcycle.core import clock
 from perfcycle.core.db import insert_ignore
 from perfcycle.core.errors import InvalidInput, Problem
-from perfcycle.domain import audit
+from perfcycle.domain import access, audit
 from perfcycle.domain.models import Employee, PortalRole
 
-GRANTABLE_ROLES = ("hr_admin", "committee", "supervision", "auditor")
+GRANTABLE_ROLES = access.GRANTED_ROLES
 MAX_PRINCIPAL_CHARS = 320
 
 

@@ -34,7 +34,10 @@ SUPERVISION = "supervision"
 AUDITOR = "auditor"
 EMPLOYEE = "employee"
 MANAGER = "manager"
-ROLES = frozenset({HR_ADMIN, COMMITTEE, SUPERVISION, MANAGER, EMPLOYEE, AUDITOR})
+# Granted to a person (PortalRole rows, `perfcycle roles grant`); employee and manager come from
+# the org chart instead.
+GRANTED_ROLES = (HR_ADMIN, COMMITTEE, SUPERVISION, AUDITOR)
+ROLES = frozenset({*GRANTED_ROLES, MANAGER, EMPLOYEE})
 
 
 @dataclass(frozen=True)
