@@ -26,6 +26,7 @@ from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
 from perfcycle.core.errors import InvalidInput, NotAllowed, Problem
+from perfcycle.domain import audit
 from perfcycle.domain.models import Appeal, ImprovementPlan, Interview, Participant, RaterAssignment
 
 HR_ADMIN = "hr_admin"
@@ -38,6 +39,14 @@ MANAGER = "manager"
 # the org chart instead.
 GRANTED_ROLES = (HR_ADMIN, COMMITTEE, SUPERVISION, AUDITOR)
 ROLES = frozenset({*GRANTED_ROLES, MANAGER, EMPLOYEE})
+
+# Who uses the whole-organisation views, by role: acting on a cycle's progress (reminders, mail
+# retries), reading it, reading the audit log, and Prefect's UI (launches, the committee's
+# approval).
+ACTS_ON_PROGRESS = (HR_ADMIN,)
+READS_PROGRESS = (*ACTS_ON_PROGRESS, AUDITOR)
+READS_AUDIT_LOG = (AUDITOR, HR_ADMIN)
+USES_PREFECT_UI = (HR_ADMIN, COMMITTEE)
 
 
 @dataclass(frozen=True)
@@ -68,7 +77,7 @@ class Actor:
     @classmethod
     def system(cls) -> Actor:
         """perfcycle itself: stage handlers, the clock."""
-        return cls(None, frozenset(), "system")
+        return cls(None, frozenset(), audit.SYSTEM)
 
     @property
     def name(self) -> str:

@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
+from perfcycle.domain import access
 from perfcycle.web import i18n, services
 from perfcycle.web.deps import PageError, SessionDep, Viewer, render, require_roles
 
@@ -43,7 +44,7 @@ i18n.add_messages(
     }
 )
 
-Auditor = Annotated[Viewer, Depends(require_roles("auditor", "hr_admin"))]
+Auditor = Annotated[Viewer, Depends(require_roles(*access.READS_AUDIT_LOG))]
 
 
 def parse_filter(cycle: str, person: str, action: str) -> services.AuditFilter:

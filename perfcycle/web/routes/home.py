@@ -223,9 +223,9 @@ def places_for(session: Session, viewer: Viewer, locale: str) -> list[Place]:
         places.append(Place(label, f"/goals?cycle={cycle.id}", f"place-team-{cycle.id}"))
     if viewer.has(*hr.READING_ROLES):  # auditors read it too, without its actions
         places.append(Place(t("hr.title"), "/hr/cycles", "place-hr"))
-    if viewer.has("auditor", "hr_admin"):  # who routes/audit.py admits
+    if viewer.has(*access.READS_AUDIT_LOG):
         places.append(Place(t("audit.title"), "/audit", "place-audit"))
-    if viewer.has("hr_admin", "committee"):
+    if viewer.has(*access.USES_PREFECT_UI):
         places.append(Place(t("home.prefect"), get_settings().prefect_ui_url, "place-prefect"))
     return places
 

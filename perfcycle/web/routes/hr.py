@@ -23,7 +23,7 @@ from starlette.datastructures import FormData
 
 from perfcycle.core import clock
 from perfcycle.core.settings import get_settings
-from perfcycle.domain import audit, status
+from perfcycle.domain import access, audit, status
 from perfcycle.domain.models import Cycle
 from perfcycle.notifications import outbox, reminders
 from perfcycle.web import i18n, services
@@ -100,8 +100,8 @@ i18n.add_messages(
 )
 
 # Who acts on a cycle's progress (remind, retry), and who may read it.
-ACTING_ROLES = ("hr_admin",)
-READING_ROLES = (*ACTING_ROLES, "auditor")
+ACTING_ROLES = access.ACTS_ON_PROGRESS
+READING_ROLES = access.READS_PROGRESS
 HrAdmin = Annotated[Viewer, Depends(require_roles(*ACTING_ROLES))]
 HrReader = Annotated[Viewer, Depends(require_roles(*READING_ROLES))]
 
