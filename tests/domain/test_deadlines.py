@@ -18,6 +18,7 @@ from perfcycle.domain import engine
 from perfcycle.domain.access import Actor
 from perfcycle.domain.deadlines import StageClosed, accepting_work
 from perfcycle.domain.models import Appeal, Participant, RaterAssignment
+from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages.appeal import file_appeal
 from perfcycle.domain.stages.evaluation import (
     CSV_COLUMNS,
@@ -115,7 +116,7 @@ def test_goals_evaluations_paper_forms_and_appeals_share_one_boundary(
             .order_by(RaterAssignment.id)
             .limit(2)
         ).all()
-        policy = engine.cycle_policy(engine.get_cycle(s, cycle_id))
+        policy = cycle_policy(engine.get_cycle(s, cycle_id))
         answers = full_answers(s, first)
         rater = Actor.person(first.rater_id)
         first_id = first.id
@@ -163,7 +164,7 @@ def test_paper_forms_after_the_deadline_are_refused_and_change_nothing(
             .where(RaterAssignment.cycle_id == cycle_id, RaterAssignment.state == "pending")
             .order_by(RaterAssignment.id)
         ).first()
-        policy = engine.cycle_policy(engine.get_cycle(s, cycle_id))
+        policy = cycle_policy(engine.get_cycle(s, cycle_id))
     assert pending is not None
     forms = write_paper_forms(tmp_path / "late.csv", db_url, pending)
     at(monkeypatch, due_of(db_url, cycle_id, "evaluation") + timedelta(days=2))
