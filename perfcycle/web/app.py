@@ -1,4 +1,4 @@
-"""The portal app: the page modules in routes.ROUTERS (home, sign-in, task pages), /healthz.
+"""The portal app: the routers in routes.ROUTERS (home, sign-in, task pages), /healthz.
 
 Run with `perfcycle portal [--workers N]` (perfcycle/web/serve.py).
 """
@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from perfcycle.core.errors import InvalidInput, NotAllowed
 from perfcycle.web import deps, i18n
-from perfcycle.web.routes import load_routers
+from perfcycle.web.routes import ROUTERS
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -46,7 +46,7 @@ def create_app(database_url: str | None = None) -> FastAPI:
     app.add_middleware(AdmissionLimit, limit=MAX_CONCURRENT_REQUESTS)
     _add_error_pages(app)
     app.mount(deps.STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="static")
-    for router in load_routers():
+    for router in ROUTERS:
         app.include_router(router)
 
     @app.get("/healthz")

@@ -29,7 +29,7 @@ from perfcycle.domain.policy.schema import SqlSource
 from perfcycle.notifications import links
 from perfcycle.web import i18n
 from perfcycle.web.app import create_app
-from perfcycle.web.services import evidence_parts
+from perfcycle.web.queries.transparency import evidence_parts
 from tests.support.cycle import launch, play_until_waiting_at, prepare_demo_org, run_until_wait
 
 POLICIES = sorted((Path(__file__).resolve().parents[2] / "policies").glob("*.yaml"))

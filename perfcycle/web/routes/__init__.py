@@ -1,16 +1,21 @@
 """The portal's page modules: each exposes `router = APIRouter()`; app.py includes ROUTERS in order.
 
-A new page module (interview, improvement plan, appeal, calibration) is added here by name.
+A new page module (interview, improvement plan, appeal, calibration) is imported here and its
+router added to ROUTERS; tests/web checks that every module in this folder is.
 """
 
 from __future__ import annotations
 
-import importlib
-
 from fastapi import APIRouter
 
-ROUTERS: tuple[str, ...] = ("auth", "goals", "evaluations", "me", "hr", "audit", "home")
+from perfcycle.web.routes import audit, auth, evaluations, goals, home, hr, me
 
-
-def load_routers() -> list[APIRouter]:
-    return [importlib.import_module(f"{__name__}.{name}").router for name in ROUTERS]
+ROUTERS: tuple[APIRouter, ...] = (
+    auth.router,
+    goals.router,
+    evaluations.router,
+    me.router,
+    hr.router,
+    audit.router,
+    home.router,
+)

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
 from perfcycle.domain import access
-from perfcycle.web import i18n, services
+from perfcycle.web import i18n
 from perfcycle.web.deps import PageError, SessionDep, Viewer, render, require_roles
+from perfcycle.web.queries.audit import AuditFilter, audit_actions, audit_page, verify_chain
 
 router = APIRouter()
 
@@ -47,11 +48,11 @@ i18n.add_messages(
 Auditor = Annotated[Viewer, Depends(require_roles(*access.READS_AUDIT_LOG))]
 
 
-def parse_filter(cycle: str, person: str, action: str) -> services.AuditFilter:
+def parse_filter(cycle: str, person: str, action: str) -> AuditFilter:
     cycle = cycle.strip()
     if cycle and not cycle.isdigit():
         raise PageError(400, "bad_request", f"cycle: expected a number, got {cycle!r}")
-    return services.AuditFilter(int(cycle) if cycle else None, person.strip(), action.strip())
+    return AuditFilter(int(cycle) if cycle else None, person.strip(), action.strip())
 
 
 @router.get("/audit", response_class=HTMLResponse)
@@ -65,8 +66,8 @@ def audit_log(
     page: int = 1,
 ) -> HTMLResponse:
     wanted = parse_filter(cycle, person, action)
-    report = services.verify_chain(session)
-    found = services.audit_page(session, wanted, page)
+    report = verify_chain(session)
+    found = audit_page(session, wanted, page)
     query = {"cycle": cycle, "person": person, "action": action}
 
     def page_url(number: int) -> str:
@@ -79,7 +80,7 @@ def audit_log(
             "report": report,
             "found": found,
             "wanted": wanted,
-            "actions": services.audit_actions(session),
+            "actions": audit_actions(session),
             "page_url": page_url,
         },
     )

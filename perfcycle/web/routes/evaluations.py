@@ -34,7 +34,7 @@ from perfcycle.domain.stages.evaluation import (
     submit_evaluation,
 )
 from perfcycle.domain.stages.target_setting import PersonalGoalItem
-from perfcycle.web import i18n, services
+from perfcycle.web import i18n
 from perfcycle.web.deps import (
     CsrfForm,
     PageError,
@@ -45,7 +45,14 @@ from perfcycle.web.deps import (
     render,
     resume_when_complete,
 )
-from perfcycle.web.routes.goals import load_cycle, stage_closed, use_up_link
+from perfcycle.web.pages import load_cycle, stage_closed, use_up_link
+from perfcycle.web.queries.cycles import stage_instance
+from perfcycle.web.queries.evaluations import (
+    AssignmentRow,
+    assignment,
+    own_answers,
+    rater_assignments,
+)
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -132,9 +139,9 @@ class FormItem:
 
 def own_assignment(
     session: Session, request: Request, viewer: Viewer, assignment_id: int
-) -> services.AssignmentRow:
+) -> AssignmentRow:
     """The assignment, when it is the viewer's to fill; 404/403 pages otherwise."""
-    found = services.assignment(session, assignment_id)
+    found = assignment(session, assignment_id)
     locale = locale_of(request)
     if found is None:
         raise PageError(404, "not_found", i18n.translate("eval.no_form", locale, id=assignment_id))
@@ -143,7 +150,7 @@ def own_assignment(
     return found
 
 
-def items_of(session: Session, policy: Policy, found: services.AssignmentRow) -> list[FormItemSpec]:
+def items_of(session: Session, policy: Policy, found: AssignmentRow) -> list[FormItemSpec]:
     return assignment_items(session, policy, found.cycle_id, found.ratee_id, found.rater_type)
 
 
@@ -234,8 +241,8 @@ def evaluation_list(
         "evaluations.html",
         {
             "cycle": the_cycle,
-            "assignments": services.rater_assignments(session, cycle, viewer.person_id),
-            "stage": services.stage_instance(session, cycle, StageName.evaluation),
+            "assignments": rater_assignments(session, cycle, viewer.person_id),
+            "stage": stage_instance(session, cycle, StageName.evaluation),
         },
     )
 
@@ -243,7 +250,7 @@ def evaluation_list(
 def render_form(
     request: Request,
     session: Session,
-    found: services.AssignmentRow,
+    found: AssignmentRow,
     answers: dict[str, tuple[int | str | None, str]],
     errors: dict[str, list[str]],
     status_code: int = 200,
@@ -257,7 +264,7 @@ def render_form(
             "cycle": cycle,
             "assignment": found,
             "items": form_items(specs, locale_of(request), answers, errors),
-            "stage": services.stage_instance(session, cycle.id, StageName.evaluation),
+            "stage": stage_instance(session, cycle.id, StageName.evaluation),
             "has_errors": bool(errors),
             "general_errors": errors.get("", []),
         },
@@ -273,7 +280,7 @@ def evaluation_form(
     viewer: ViewerDep,
 ) -> HTMLResponse:
     found = own_assignment(session, request, viewer, assignment_id)
-    saved = services.own_answers(session, assignment_id)
+    saved = own_answers(session, assignment_id)
     answers: dict[str, tuple[int | str | None, str]] = dict(saved.items())
     if found.state == "pending":
         answers.update(load_draft(session, assignment_id))
@@ -309,7 +316,7 @@ def submit_form(
         return render_form(request, session, found, shown_answers(answers), errors, 422)
     if not any(
         a.state == "pending"
-        for a in services.rater_assignments(session, cycle.id, viewer.person_id)
+        for a in rater_assignments(session, cycle.id, viewer.person_id)
     ):
         # The evaluation link lists all of the rater's forms: it is used up with the last one.
         use_up_link(session, request, "evaluation", cycle.id)
@@ -320,7 +327,7 @@ def submit_form(
 def keep_draft(
     request: Request,
     session: Session,
-    found: services.AssignmentRow,
+    found: AssignmentRow,
     form: FormData,
     answers: dict[str, tuple[object, str]],
     item_ids: list[str],

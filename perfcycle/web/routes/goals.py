@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from perfcycle.core import clock
-from perfcycle.core.errors import InvalidInput, NotAllowed, Problem
+from perfcycle.core.errors import InvalidInput, Problem
 from perfcycle.domain import access
 from perfcycle.domain.deadlines import StageClosed, accepts_work
 from perfcycle.domain.models import Cycle, StageName
@@ -30,33 +30,24 @@ from perfcycle.domain.stages.target_setting import (
     set_target,
     submit_goals,
 )
-from perfcycle.notifications.vocabulary import stage_title
-from perfcycle.web import i18n, services
+from perfcycle.web import i18n
 from perfcycle.web.deps import (
     CsrfForm,
     PageError,
     SessionDep,
     ViewerDep,
-    consume_task_token,
     locale_of,
     render,
     resume_when_complete,
-    session_task_token,
 )
+from perfcycle.web.pages import form_int, form_text, invalid, load_cycle, stage_closed, use_up_link
+from perfcycle.web.queries.cycles import names_of, stage_instance
+from perfcycle.web.queries.goals import goal_sheet, sheets_to_review
 
 router = APIRouter()
 
 i18n.add_messages(
     {
-        "pages.cycle_label": {"zh-CN": "考核周期 {id} · {period}", "en": "Cycle {id} · {period}"},
-        "pages.no_such_cycle": {"zh-CN": "找不到考核周期 {id}。", "en": "There is no cycle {id}."},
-        "pages.due_at": {"zh-CN": "截止时间：{when}", "en": "Deadline: {when}"},
-        "pages.stage_closed": {"zh-CN": "阶段已结束", "en": "This stage is closed"},
-        "pages.stage_closed_text": {
-            "zh-CN": "“{stage}”阶段已于 {when} 截止，提交未被接受，未做任何更改。",
-            "en": "The {stage} stage closed at {when}; the submission was not accepted and "
-            "nothing was changed.",
-        },
         "goals.title": {"zh-CN": "绩效目标", "en": "Goals"},
         "goals.mine": {"zh-CN": "我的目标", "en": "My goals"},
         "goals.team": {"zh-CN": "团队目标审批", "en": "Your team's goals"},
@@ -129,60 +120,6 @@ i18n.add_messages(
 )
 
 
-def load_cycle(session: Session, request: Request, cycle_id: int) -> Cycle:
-    cycle = services.cycle_or_none(session, cycle_id)
-    if cycle is None:
-        message = i18n.translate("pages.no_such_cycle", locale_of(request), id=cycle_id)
-        raise PageError(404, "not_found", message)
-    return cycle
-
-
-def form_int(form: FormData, name: str) -> int:
-    value = form.get(name)
-    if not isinstance(value, str) or not value.strip().isdigit():
-        raise PageError(400, "bad_form", f"{name}: expected a number, got {value!r}")
-    return int(value)
-
-
-def form_text(form: FormData, name: str) -> str:
-    value = form.get(name, "")
-    return value if isinstance(value, str) else ""
-
-
-def stage_closed(request: Request, exc: StageClosed) -> PageError:
-    """The 409 page for work the stage no longer accepts (the domain's one deadline rule)."""
-    locale = locale_of(request)
-    message = i18n.translate(
-        "pages.stage_closed_text",
-        locale,
-        stage=stage_title(exc.stage, locale),
-        when=(exc.closed_at or clock.now()).strftime("%Y-%m-%d %H:%M UTC"),
-    )
-    return PageError(409, "pages.stage_closed", message)
-
-
-def use_up_link(session: Session, request: Request, task_kind: str, cycle_id: int) -> None:
-    """Use up the task's link this browser came from, if it is still unused.
-
-    Once used, the link has done its job; the signed session carries on (a returned sheet is
-    signed again, a manager approves a late report), so an already used link is no refusal here.
-    """
-    row = session_task_token(session, request, task_kind, cycle_id)
-    if row is not None and row.used_at is None:
-        consume_task_token(session, request, task_kind, cycle_id)
-
-
-def invalid(request: Request, exc: InvalidInput) -> PageError:
-    """The page refusing a domain call: 409 stage closed, 403 not allowed, 422 bad input."""
-    if isinstance(exc, StageClosed):
-        return stage_closed(request, exc)
-    locale = locale_of(request)
-    message = "; ".join(i18n.problem_text(p, locale) for p in exc.problems)
-    if isinstance(exc, NotAllowed):
-        return PageError(403, "forbidden", message)
-    return PageError(422, "invalid_input", message)
-
-
 @router.get("/goals", response_class=HTMLResponse)
 def goals_page(
     request: Request,
@@ -210,7 +147,7 @@ class Edits:
 
     @classmethod
     def saved_on(cls, session: Session, cycle_id: int, employee_id: str) -> Edits:
-        sheet = services.goal_sheet(session, cycle_id, employee_id)
+        sheet = goal_sheet(session, cycle_id, employee_id)
         personal = [
             {
                 "title": g.title,
@@ -251,7 +188,7 @@ def render_goals(
     status_code: int = 200,
 ) -> HTMLResponse:
     person_id = actor.person_id or ""
-    stage = services.stage_instance(session, cycle.id, StageName.target_setting)
+    stage = stage_instance(session, cycle.id, StageName.target_setting)
     accepting = accepts_work(stage, clock.now())
     policy = cycle_policy_or_none(cycle)
     share = policy.personal_goals if policy else None
@@ -266,17 +203,17 @@ def render_goals(
         (share.max if share else 0) - len(edits.personal)
     )
     returned = last_return(session, cycle.id, person_id)
-    reviewed = services.sheets_to_review(session, cycle.id, actor)
+    reviewed = sheets_to_review(session, cycle.id, actor)
     return render(
         request,
         "goals.html",
         {
             "cycle": cycle,
-            "mine": services.goal_sheet(session, cycle.id, person_id),
+            "mine": goal_sheet(session, cycle.id, person_id),
             "returned": returned,
             "category_names": category_names,
             "indicator_names": indicator_names,
-            "returned_by": services.names_of(session, {returned.by}).get(returned.by, returned.by)
+            "returned_by": names_of(session, {returned.by}).get(returned.by, returned.by)
             if returned
             else "",
             "team": [s for s, as_hr in reviewed if not as_hr],
@@ -306,7 +243,7 @@ def edit(
     cycle = load_cycle(session, request, form_int(form, "cycle"))
     share = cycle_policy(cycle).personal_goals
     edits = Edits.typed_in(form, share.max)
-    sheet = services.goal_sheet(session, cycle.id, viewer.person_id)
+    sheet = goal_sheet(session, cycle.id, viewer.person_id)
     problems: list[Problem] = []
     for indicator_id, typed in edits.targets.items():
         saved = next((g for g in sheet.goals if g.indicator_id == indicator_id), None)
@@ -377,7 +314,7 @@ def review(
     # The approval link lists the whole team: it is used up when nothing is left to review.
     waiting = [
         s
-        for s, _ in services.sheets_to_review(session, cycle.id, viewer.actor)
+        for s, _ in sheets_to_review(session, cycle.id, viewer.actor)
         if s.state == "submitted"
     ]
     if not waiting:

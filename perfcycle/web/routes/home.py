@@ -31,7 +31,7 @@ from perfcycle.domain.models import Cycle, Participant
 from perfcycle.domain.stages.base import PendingTask
 from perfcycle.notifications import task_kinds
 from perfcycle.notifications.reminders import OpenStage, describe, open_people_stages
-from perfcycle.web import i18n, services
+from perfcycle.web import i18n
 from perfcycle.web.deps import (
     SessionDep,
     Viewer,
@@ -40,7 +40,8 @@ from perfcycle.web.deps import (
     session_data,
     viewer_of,
 )
-from perfcycle.web.routes import hr
+from perfcycle.web.queries.cycles import cycles_of
+from perfcycle.web.queries.team import team_overview
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -170,7 +171,7 @@ def viewer_context(session: Session, viewer: Viewer, locale: str) -> dict[str, A
         "places": places_for(session, viewer, locale),
         # Empty (and the section absent) unless some running or recent cycle recorded the viewer
         # as someone's manager.
-        "team": services.team_overview(session, viewer.person_id, now - TEAM_RECENT),
+        "team": team_overview(session, viewer.person_id, now - TEAM_RECENT),
     }
 
 
@@ -215,13 +216,13 @@ def places_for(session: Session, viewer: Viewer, locale: str) -> list[Place]:
     """The pages the viewer may open besides their tasks, by what they take part in and role."""
     t = i18n.translator(locale)
     places = []
-    if services.cycles_of(session, viewer.person_id):
+    if cycles_of(session, viewer.person_id):
         # /me without a cycle shows the newest one and links the others.
         places.append(Place(t("me.title"), "/me", "place-me"))
     for cycle in cycles_reviewed(session, viewer):
         label = t("home.team_goals", cycle=t("pages.cycle_label", id=cycle.id, period=cycle.period))
         places.append(Place(label, f"/goals?cycle={cycle.id}", f"place-team-{cycle.id}"))
-    if viewer.has(*hr.READING_ROLES):  # auditors read it too, without its actions
+    if viewer.has(*access.READS_PROGRESS):  # auditors read it too, without its actions
         places.append(Place(t("hr.title"), "/hr/cycles", "place-hr"))
     if viewer.has(*access.READS_AUDIT_LOG):
         places.append(Place(t("audit.title"), "/audit", "place-audit"))

@@ -26,7 +26,7 @@ from perfcycle.core.settings import get_settings
 from perfcycle.domain import access, audit, status
 from perfcycle.domain.models import Cycle
 from perfcycle.notifications import outbox, reminders
-from perfcycle.web import i18n, services
+from perfcycle.web import i18n
 from perfcycle.web.deps import (
     CsrfForm,
     PageError,
@@ -36,7 +36,8 @@ from perfcycle.web.deps import (
     render,
     require_roles,
 )
-from perfcycle.web.routes.goals import load_cycle
+from perfcycle.web.pages import load_cycle
+from perfcycle.web.queries.hr_progress import hr_progress
 
 router = APIRouter()
 
@@ -133,7 +134,7 @@ def progress_page(
     viewer: HrReader,
 ) -> HTMLResponse:
     cycle = load_cycle(session, request, cycle_id)
-    progress = services.hr_progress(session, cycle, clock.now(), locale_of(request))
+    progress = hr_progress(session, cycle, clock.now(), locale_of(request))
     flow_run_url = (
         f"{get_settings().prefect_ui_url.rstrip('/')}/runs/flow-run/{cycle.flow_run_id}"
         if cycle.flow_run_id

@@ -24,7 +24,7 @@ from perfcycle.domain.access import Capacity, viewing_capacity
 from perfcycle.domain.models import Cycle
 from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages.target_setting import PersonalGoalItem, personal_goal_items
-from perfcycle.web import i18n, services
+from perfcycle.web import i18n
 from perfcycle.web.deps import (
     PageError,
     SessionDep,
@@ -33,7 +33,14 @@ from perfcycle.web.deps import (
     locale_of,
     render,
 )
-from perfcycle.web.routes.goals import load_cycle
+from perfcycle.web.pages import load_cycle
+from perfcycle.web.queries.cycles import cycles_of, is_participant
+from perfcycle.web.queries.transparency import (
+    EVIDENCE_LABEL,
+    SOURCE_LABEL,
+    rated_item_names,
+    transparency,
+)
 
 router = APIRouter()
 
@@ -184,9 +191,9 @@ EVIDENCE_LABELS: dict[str, dict[str, str]] = {
 
 i18n.add_messages(
     {
-        **{services.EVIDENCE_LABEL.format(k): v for k, v in EVIDENCE_LABELS.items()},
-        services.SOURCE_LABEL.format("tickets"): {"zh-CN": "工单系统", "en": "Ticket system"},
-        services.SOURCE_LABEL.format("hr_import"): {
+        **{EVIDENCE_LABEL.format(k): v for k, v in EVIDENCE_LABELS.items()},
+        SOURCE_LABEL.format("tickets"): {"zh-CN": "工单系统", "en": "Ticket system"},
+        SOURCE_LABEL.format("hr_import"): {
             "zh-CN": "人力资源部补录",
             "en": "Supplied by HR",
         },
@@ -245,11 +252,11 @@ def goal_titles(goals: list[PersonalGoalItem]) -> dict[str, str]:
 def chosen_cycle(session: Session, request: Request, viewer: Viewer, cycle: int | None) -> Cycle:
     if cycle is not None:
         found = load_cycle(session, request, cycle)
-        if not services.is_participant(session, found.id, viewer.person_id):
+        if not is_participant(session, found.id, viewer.person_id):
             message = i18n.translate("me.not_participant", locale_of(request), id=cycle)
             raise PageError(404, "not_found", message)
         return found
-    mine = services.cycles_of(session, viewer.person_id)
+    mine = cycles_of(session, viewer.person_id)
     if not mine:
         raise PageError(404, "not_found", i18n.translate("me.no_cycles", locale_of(request)))
     return mine[0]
@@ -275,7 +282,7 @@ def others_cycle(
     `cycle`: the person's newest cycle the viewer may see.
     """
     if cycle is None:
-        for theirs in services.cycles_of(session, employee_id):
+        for theirs in cycles_of(session, employee_id):
             capacity = capacity_of(session, viewer, theirs.id, employee_id)
             if capacity is not None:
                 return theirs, capacity
@@ -284,7 +291,7 @@ def others_cycle(
     capacity = capacity_of(session, viewer, found.id, employee_id)
     if capacity is None:
         raise forbidden(request)
-    if not services.is_participant(session, found.id, employee_id):
+    if not is_participant(session, found.id, employee_id):
         message = i18n.translate(
             "me.other_not_participant", locale_of(request), employee=employee_id, id=cycle
         )
@@ -307,7 +314,7 @@ def transparency_page(
     else:
         the_cycle, capacity = others_cycle(session, request, viewer, subject, cycle)
     locale = locale_of(request)
-    view = services.transparency(session, the_cycle, subject)
+    view = transparency(session, the_cycle, subject)
     bars = category_bars(the_cycle, view.result.categories, locale) if view.result else []
     personal = personal_goal_items(session, the_cycle.id, [subject]).get(subject, [])
     policy = cycle_policy(the_cycle)
@@ -324,14 +331,14 @@ def transparency_page(
             "bar_height": BAR_HEIGHT,
             "names": {**names(the_cycle, locale), **goal_titles(personal)},
             "item_names": {
-                **services.rated_item_names(policy, locale),
+                **rated_item_names(policy, locale),
                 **goal_titles(personal),
             },
             "personal_goals": personal,
             # Only cycles whose page of this person the viewer may open.
             "other_cycles": [
                 c
-                for c in services.cycles_of(session, subject)
+                for c in cycles_of(session, subject)
                 if c.id != the_cycle.id and capacity_of(session, viewer, c.id, subject)
             ],
         },
