@@ -98,3 +98,31 @@ def test_cli_imports_prefect_only_when_needed() -> None:
     code = "import sys, perfcycle.cli.main; print('prefect' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_portal_routes_share_through_pages_and_queries_never_each_other() -> None:
+    """A route module imports common things from web.deps / web.pages and its page's read model
+    from web.queries, never another route module; read models know nothing of requests."""
+    web = PACKAGE / "web"
+    wrong = []
+    for path in sorted((web / "routes").glob("*.py")):
+        if path.name != "__init__.py":
+            wrong += [
+                f"{path.name} imports {n}"
+                for n in perfcycle_imports(path)
+                if n.startswith("web.routes")
+            ]
+    for path in sorted((web / "queries").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        frameworks = {
+            a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names
+        } | {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        wrong += [
+            f"{path.name} imports {n}" for n in sorted(frameworks) if n.split(".")[0] in FRAMEWORKS
+        ]
+        wrong += [
+            f"{path.name} imports {n}"
+            for n in sorted(perfcycle_imports(path))
+            if n.startswith(("web.routes", "web.pages", "web.deps", "web.app"))
+        ]
+    assert wrong == []
