@@ -1,8 +1,8 @@
 """Scores every participant of a cycle into the `results` table, and reads it back.
 
 Built for 10,000 participants with 6 raters each: ratings are summed in SQL per ratee, item and
-rater type, and the rows are written with one executemany upsert. Re-running converges: unchanged
-rows are not touched, and a grade the calibration committee changed is never overwritten.
+rater type, and the rows are written with one bulk upsert (core.db.upsert). Re-running converges:
+unchanged rows are not touched, and a grade the calibration committee changed is never overwritten.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import case, exists, func, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Table, case, exists, func, or_, select
 from sqlalchemy.orm import Session
 
+from perfcycle.core.db import upsert
 from perfcycle.core.errors import InvalidInput, Problem
 from perfcycle.domain import audit
 from perfcycle.domain.calibration_analytics import distribution
@@ -31,8 +31,6 @@ from perfcycle.domain.models import (
 from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.scoring import EmployeeScore, PersonalGoal, score_employee_totals
 from perfcycle.domain.stages.target_setting import agreed_targets, personal_goal_items
-
-BATCH = 5000
 
 # The fields compute_results owns; `grade` is decided separately (calibration may own it).
 SCORED_FIELDS = ("indicators", "categories", "total", "computed_grade", "veto_triggered", "flags")
@@ -206,18 +204,7 @@ def upsert_results(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     The grade rule is in the statement itself, so a calibration committed between our read and
     this write is still respected.
     """
-    if not rows:
-        return
-    table = Result.__table__
-    dialect = session.get_bind().dialect.name
-    insert: Any
-    if dialect == "postgresql":
-        insert = postgresql.insert(Result)
-    elif dialect == "sqlite":
-        insert = sqlite.insert(Result)
-    else:  # pragma: no cover - only the two supported backends
-        raise RuntimeError(f"unsupported database dialect {dialect}")
-    excluded = insert.excluded
+    table: Table = Result.__table__  # type: ignore[assignment]
     calibrated = or_(
         table.c.grade != table.c.computed_grade,
         exists().where(
@@ -230,12 +217,13 @@ def upsert_results(session: Session, rows: Sequence[dict[str, Any]]) -> None:
             Appeal.outcome == "adjusted",
         ),
     )
-    stmt = insert.on_conflict_do_update(
-        index_elements=[table.c.cycle_id, table.c.employee_id],
-        set_={
-            **{f: excluded[f] for f in SCORED_FIELDS},
-            "grade": case((calibrated, table.c.grade), else_=excluded.computed_grade),
+    upsert(
+        session,
+        table,
+        rows,
+        key=("cycle_id", "employee_id"),
+        update=lambda new: {
+            **{f: new[f] for f in SCORED_FIELDS},
+            "grade": case((calibrated, table.c.grade), else_=new.computed_grade),
         },
     )
-    for start in range(0, len(rows), BATCH):
-        session.execute(stmt, list(rows[start : start + BATCH]))

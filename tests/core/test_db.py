@@ -1,4 +1,5 @@
-"""insert_ignore: the bulk insert every stage relies on to be idempotent, on both backends.
+"""insert_ignore and upsert: the bulk writes every stage relies on to be idempotent, on both
+backends.
 
 From 1,000 rows on PostgreSQL takes the COPY path; these tests hold it to the same contract as
 the plain INSERT ... VALUES path on SQLite: the count of rows really inserted, existing rows
@@ -12,10 +13,10 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import Table, event, select
+from sqlalchemy import Table, case, event, select
 from sqlalchemy.exc import StatementError
 
-from perfcycle.core.db import COPY_MIN_ROWS, get_engine, insert_ignore, session_scope
+from perfcycle.core.db import COPY_MIN_ROWS, get_engine, insert_ignore, session_scope, upsert
 from perfcycle.domain.models import Cycle, OutboxMessage
 
 OUTBOX: Table = OutboxMessage.__table__  # type: ignore[assignment]
@@ -153,3 +154,84 @@ def test_bad_row_writes_nothing(backend: str, request: pytest.FixtureRequest) ->
     with pytest.raises(StatementError, match="naive datetime"), session_scope(url) as s:
         insert_ignore(s, OUTBOX, rows)
     assert stored(url) == {}
+
+
+# ---------------------------------------------------------------- upsert
+
+
+def held_then_upserted(url: str, **how: Any) -> tuple[int, dict[str, OutboxMessage]]:
+    """EXISTING rows held (one of them already sent), then all ROWS upserted as variant "new"."""
+    with session_scope(url) as s:
+        insert_ignore(s, OUTBOX, [outbox_row(i, "old") for i in EXISTING])
+        s.execute(OUTBOX.update().where(OUTBOX.c.recipient_id == "E00007").values(state="sent"))
+    with session_scope(url) as s:
+        written = upsert(s, OUTBOX, [outbox_row(i) for i in range(ROWS)], **how)
+    return written, stored(url)
+
+
+def check_upsert_takes_named_columns(url: str) -> None:
+    rows = [outbox_row(i) for i in range(ROWS)]
+    for i in EXISTING:
+        rows[i]["locale"] = "en-GB"  # a column the upsert does not name: the held one stays
+    with session_scope(url) as s:
+        insert_ignore(s, OUTBOX, [outbox_row(i, "old") for i in EXISTING])
+        held_ids = {r.recipient_id: r.id for r in s.scalars(select(OutboxMessage))}
+    with session_scope(url) as s:
+        written = upsert(s, OUTBOX, rows, key=("idempotency_key",), update=("context",))
+    assert written == ROWS
+    found = stored(url)
+    assert len(found) == ROWS
+    for i in range(ROWS):
+        row = found[f"E{i:05d}"]
+        assert row.context["variant"] == "new", i
+        assert row.locale == outbox_row(i)["locale"], i
+        assert row.next_attempt_at == outbox_row(i)["next_attempt_at"], i
+        assert (row.state, row.attempts) == ("pending", 0)
+    # Held rows are updated in place, not replaced.
+    assert {r: found[r].id for r in held_ids} == held_ids
+    with session_scope(url) as s:
+        again = upsert(s, OUTBOX, rows, key=("idempotency_key",), update=("context",))
+    assert again == ROWS and len(stored(url)) == ROWS
+
+
+def check_upsert_sets_expressions_of_both_rows(url: str) -> None:
+    """The function form reads the new row (`new`) and the held one (OUTBOX.c): here a sent
+    mail keeps its context, every other held row takes the new one and counts an attempt."""
+    written, found = held_then_upserted(
+        url,
+        key=("idempotency_key",),
+        update=lambda new: {
+            "context": case((OUTBOX.c.state == "sent", OUTBOX.c.context), else_=new.context),
+            "attempts": OUTBOX.c.attempts + 1,
+        },
+    )
+    assert written == ROWS
+    for i in range(ROWS):
+        row = found[f"E{i:05d}"]
+        expected = "old" if i == 7 else "new"
+        assert row.context["variant"] == expected, i
+        assert row.attempts == (1 if i in EXISTING else 0), i
+
+
+def test_upsert_on_sqlite(db_url: str) -> None:
+    check_upsert_takes_named_columns(db_url)
+
+
+@pytest.mark.postgres
+def test_upsert_on_postgres(pg_url: str) -> None:
+    check_upsert_takes_named_columns(pg_url)
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_upsert_sets_expressions_of_both_rows(backend: str, request: pytest.FixtureRequest) -> None:
+    check_upsert_sets_expressions_of_both_rows(
+        request.getfixturevalue("db_url" if backend == "sqlite" else "pg_url")
+    )
+
+
+def test_upsert_of_nothing_writes_nothing(db_url: str) -> None:
+    with session_scope(db_url) as s:
+        assert upsert(s, OUTBOX, [], key=("idempotency_key",), update=("context",)) == 0
+    assert stored(db_url) == {}
