@@ -126,3 +126,23 @@ def test_portal_routes_share_through_pages_and_queries_never_each_other() -> Non
             if n.startswith(("web.routes", "web.pages", "web.deps", "web.app"))
         ]
     assert wrong == []
+
+
+def test_test_modules_share_helpers_only_through_tests_support() -> None:
+    """A test module is not a helper library: what several need lives in tests/support/."""
+    tests_dir = Path(__file__).resolve().parent
+    wrong = []
+    for path in sorted(tests_dir.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            wrong += [
+                f"{path.relative_to(tests_dir.parent)} imports {n}"
+                for n in names
+                if n.startswith("tests.") and not n.startswith("tests.support")
+            ]
+    assert wrong == []

@@ -175,7 +175,7 @@ def check_upsert_takes_named_columns(url: str) -> None:
         rows[i]["locale"] = "en-GB"  # a column the upsert does not name: the held one stays
     with session_scope(url) as s:
         insert_ignore(s, OUTBOX, [outbox_row(i, "old") for i in EXISTING])
-        held_ids = {r.recipient_id: r.id for r in s.scalars(select(OutboxMessage))}
+        held_ids = {r.recipient_id or "": r.id for r in s.scalars(select(OutboxMessage))}
     with session_scope(url) as s:
         written = upsert(s, OUTBOX, rows, key=("idempotency_key",), update=("context",))
     assert written == ROWS

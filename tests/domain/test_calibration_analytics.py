@@ -18,8 +18,7 @@ from perfcycle.domain.calibration_analytics import (
 from perfcycle.domain.models import MetricValue, Result
 from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.results import compute_results
-from tests.domain.test_results import populate
-from tests.domain.test_scoring import policy_dict
+from tests.support.scoring import policy_dict, populate
 
 
 @pytest.fixture

@@ -66,6 +66,7 @@ from tests.support.cycle import (
     table_rows,
 )
 from tests.support.databases import sqlite_url
+from tests.support.factories import freeze
 
 PERIOD = "2026-Q4"
 SHIPPED = ["external-service", "internal-service", "professional-support"]
@@ -154,10 +155,6 @@ def set_deadline_rule(stage: str, rule: Any) -> Callable[[dict[str, Any]], None]
                 entry["on_deadline"] = rule
 
     return edit
-
-
-def freeze(monkeypatch: pytest.MonkeyPatch, moment: datetime) -> None:
-    monkeypatch.setenv("PERFCYCLE_NOW", moment.isoformat())
 
 
 def stage_of(url: str, cycle_id: int, name: str) -> StageInstance:

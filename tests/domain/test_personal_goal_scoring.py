@@ -19,8 +19,7 @@ from perfcycle.domain.policy.checks import check_policy
 from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.results import compute_results, personal_goals_by_employee
 from perfcycle.domain.scoring import PersonalGoal, score_employee
-from tests.domain.test_results import populate
-from tests.domain.test_scoring import policy_dict
+from tests.support.scoring import policy_dict, populate
 
 METRICS = {
     "satisfaction": 90,  # csat 90 (linear deduction from the locked target 95)

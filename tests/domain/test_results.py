@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
@@ -18,55 +17,13 @@ from perfcycle.domain.models import (
     AuditEvent,
     CalibrationChange,
     Cycle,
-    Department,
-    Employee,
-    Evaluation,
     MetricValue,
-    Participant,
-    RaterAssignment,
     Result,
 )
 from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.results import compute_results, results_table
 from perfcycle.domain.scoring import score_employee
-from tests.domain.test_scoring import policy_dict
-
-NOW = datetime(2026, 12, 20, 9, 0, tzinfo=UTC)
-
-# Participants e1..e4 are rated by r1..r6; x1 is an employee outside the cycle.
-PARTICIPANTS = ["e1", "e2", "e3", "e4"]
-METRICS: dict[str, dict[str, float]] = {
-    "e1": {
-        "satisfaction": 90,
-        "first_response_minutes": 40,
-        "timeliness": 90,
-        "major_incidents": 0,
-    },
-    "e2": {
-        "satisfaction": 99,
-        "first_response_minutes": 20,
-        "timeliness": 100,
-        "major_incidents": 2,
-    },
-    "e3": {"satisfaction": 80, "first_response_minutes": 30},
-    # e4: no data at all
-    "x1": {"satisfaction": 10},
-}
-# (rater, ratee, rater type, state, {item: score})
-ASSIGNMENTS: list[tuple[str, str, str, str, dict[str, int]]] = [
-    ("r1", "e1", "service_recipient", "submitted", {"attitude": 4}),
-    ("r2", "e1", "service_recipient", "submitted", {"attitude": 5}),
-    ("r3", "e1", "service_recipient", "submitted", {"attitude": 4}),
-    ("r4", "e1", "superior", "submitted", {"attitude": 5, "growth": 4}),
-    ("r5", "e1", "peer", "pending", {"attitude": 1}),  # a draft: must not count
-    ("e1", "e1", "self", "submitted", {"attitude": 5, "growth": 2}),
-    ("r6", "e1", "peer", "expired", {"attitude": 1}),
-    ("r1", "e2", "service_recipient", "submitted", {"attitude": 3}),
-    ("r5", "e2", "peer", "submitted", {"attitude": 2}),
-    ("r6", "e2", "peer", "submitted", {"attitude": 5}),
-    ("r4", "e2", "superior", "pending", {"attitude": 1, "growth": 1}),
-    ("r4", "e3", "superior", "submitted", {"attitude": 2, "growth": 3}),
-]
+from tests.support.scoring import ASSIGNMENTS, METRICS, PARTICIPANTS, policy_dict, populate
 
 
 def raw_ratings(ratee: str) -> dict[str, dict[str, list[int]]]:
@@ -78,58 +35,6 @@ def raw_ratings(ratee: str) -> dict[str, dict[str, list[int]]]:
         for item, score in items.items():
             out.setdefault(item, {}).setdefault(rater_type, []).append(score)
     return out
-
-
-def populate(session: Session) -> Cycle:
-    session.add(Department(id="d1", name="Service centre", type="external_service"))
-    people = [*PARTICIPANTS, "r1", "r2", "r3", "r4", "r5", "r6", "x1"]
-    session.add_all(
-        Employee(id=e, name=e.upper(), email=f"{e}@example.com", department_id="d1") for e in people
-    )
-    cycle = Cycle(
-        policy="test-policy",
-        policy_digest="0" * 64,
-        period="2026-Q4",
-        period_start=date(2026, 10, 1),
-        period_end=date(2026, 12, 31),
-        scope_key="",
-        start_date=date(2026, 12, 1),
-        created_at=NOW,
-    )
-    session.add(cycle)
-    session.flush()
-    session.add_all(
-        Participant(cycle_id=cycle.id, employee_id=e, department_id="d1") for e in PARTICIPANTS
-    )
-    session.add_all(
-        MetricValue(
-            cycle_id=cycle.id,
-            employee_id=e,
-            metric=m,
-            value=v,
-            source="test",
-            collected_at=NOW,
-        )
-        for e, metrics in METRICS.items()
-        for m, v in metrics.items()
-    )
-    for rater, ratee, rater_type, state, items in ASSIGNMENTS:
-        assignment = RaterAssignment(
-            cycle_id=cycle.id,
-            rater_id=rater,
-            ratee_id=ratee,
-            rater_type=rater_type,
-            state=state,
-            submitted_at=NOW if state == "submitted" else None,
-        )
-        session.add(assignment)
-        session.flush()
-        session.add_all(
-            Evaluation(assignment_id=assignment.id, item=item, score=score)
-            for item, score in items.items()
-        )
-    session.flush()
-    return cycle
 
 
 @pytest.fixture

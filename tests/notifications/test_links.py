@@ -14,7 +14,7 @@ from perfcycle.core.errors import InvalidInput
 from perfcycle.core.settings import get_settings
 from perfcycle.domain.models import AuditEvent, TaskToken
 from perfcycle.notifications import links
-from tests.domain.stages.test_interview_stage import build_cycle, table_rows
+from tests.support.factories import build_cycle, table_rows
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 EXPIRES = NOW + timedelta(days=10)

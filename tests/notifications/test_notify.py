@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ import yaml
 from sqlalchemy import func, select
 
 from perfcycle.core.db import session_scope
-from perfcycle.core.settings import REPO_ROOT, get_settings
+from perfcycle.core.settings import get_settings
 from perfcycle.domain import engine
 from perfcycle.domain.models import Cycle, OutboxMessage, StageInstance, StageName, TaskToken
 from perfcycle.domain.policy.loader import PolicyError, load_policy
@@ -25,13 +25,6 @@ from perfcycle.domain.stages.base import PendingWork
 from perfcycle.notifications import links, vocabulary
 from perfcycle.notifications.events import EVENT_ROLES, PEOPLE_STAGES, Role
 from perfcycle.notifications.notify import LINK_GRACE, Recipient, TaskLink, notify
-from tests.domain.stages.test_interview_stage import (
-    OPENED,
-    POLICY,
-    STAGE_DAYS,
-    build_cycle,
-    run_handler,
-)
 from tests.support import databases
 from tests.support.cycle import (
     DemoOrg,
@@ -39,8 +32,16 @@ from tests.support.cycle import (
     play_until_waiting_at,
     play_whole_cycle,
 )
+from tests.support.factories import (
+    OPENED,
+    POLICY,
+    SHIPPED,
+    STAGE_DAYS,
+    build_cycle,
+    run_handler,
+    write_policies,
+)
 
-SHIPPED = sorted((REPO_ROOT / "policies").glob("*.yaml"))
 PERIOD = "2026-Q4"
 DUE = OPENED + timedelta(days=STAGE_DAYS)
 
@@ -77,20 +78,6 @@ def interview_cycle(db_url: str, policy: Policy) -> int:
     with session_scope(db_url) as s:
         s.get_one(Cycle, cycle_id).policy_snapshot = policy.model_dump(mode="json", by_alias=True)
     return cycle_id
-
-
-def write_policies(
-    folder: Path, monkeypatch: pytest.MonkeyPatch, edit: Callable[[dict[str, Any]], None]
-) -> None:
-    """The shipped policies, each edited; settings point at them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in SHIPPED:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        edit(data)
-        text = yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
-        (folder / path.name).write_text(text, encoding="utf-8")
-    monkeypatch.setenv("PERFCYCLE_POLICIES_DIR", str(folder))
-    get_settings.cache_clear()
 
 
 @pytest.fixture

@@ -31,14 +31,6 @@ from perfcycle.domain.stages import improvement
 from perfcycle.domain.stages.evaluation import submit_evaluation
 from perfcycle.domain.stages.target_setting import approve_goals, submit_goals
 from perfcycle.notifications import links, reminders
-from tests.domain.stages.test_improvement_stage import RESULTS
-from tests.domain.stages.test_interview_stage import (
-    add_results,
-    build_cycle,
-    make_policy,
-    run_handler,
-)
-from tests.notifications.test_notify import write_policies
 from tests.support import databases
 from tests.support.cycle import (
     DemoOrg,
@@ -46,6 +38,15 @@ from tests.support.cycle import (
     launch,
     play_until_waiting_at,
     run_until_wait,
+)
+from tests.support.factories import (
+    RESULTS,
+    add_results,
+    build_cycle,
+    make_policy,
+    name_of,
+    run_handler,
+    write_policies,
 )
 
 # A Monday morning well after the period; target setting (14 days) is due on 18 Jan, 09:00.
@@ -108,11 +109,6 @@ def participants(url: str, cycle_id: int) -> set[str]:
     with session_scope(url) as s:
         query = select(Participant.employee_id).where(Participant.cycle_id == cycle_id)
         return set(s.scalars(query))
-
-
-def name_of(url: str, employee_id: str) -> str:
-    with session_scope(url) as s:
-        return s.get_one(Employee, employee_id).name
 
 
 def manager_of(url: str, employee_id: str) -> str | None:

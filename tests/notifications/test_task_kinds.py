@@ -3,39 +3,16 @@ the portal names is registered, with its action worded and its mails real templa
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
 from typing import get_args
 
 import pytest
 
-import perfcycle
 from perfcycle.domain.stages.base import PendingTask
 from perfcycle.notifications import task_kinds, vocabulary
 from perfcycle.notifications.events import TEMPLATES, Role
 from perfcycle.notifications.task_kinds import TASK_KINDS, TaskKind
 from perfcycle.web.routes.auth import SIGN_IN_TEMPLATE
-
-PACKAGE = Path(perfcycle.__file__).resolve().parent
-
-
-def declared_kinds() -> dict[str, set[tuple[str, str | None]]]:
-    """Every kind written in the code's TaskLink(...) and PendingTask(...) calls, by the file
-    that writes it, with the action a PendingTask pairs it with."""
-    found: dict[str, set[tuple[str, str | None]]] = {}
-    for path in PACKAGE.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
-                continue
-            args = [a.value if isinstance(a, ast.Constant) else None for a in node.args]
-            if node.func.id == "TaskLink" and args and isinstance(args[0], str):
-                pair: tuple[str, str | None] = (args[0], None)
-            elif node.func.id == "PendingTask" and len(args) >= 3 and isinstance(args[2], str):
-                pair = (args[2], str(args[1]))
-            else:
-                continue
-            found.setdefault(str(path.relative_to(PACKAGE)), set()).add(pair)
-    return found
+from tests.support.task_kinds import declared_kinds
 
 
 def test_the_registry_lists_every_kind_of_the_type() -> None:

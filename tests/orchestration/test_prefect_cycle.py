@@ -43,7 +43,7 @@ from perfcycle.domain.stages.evaluation import submit_evaluation
 from perfcycle.domain.status import cycle_status
 from perfcycle.orchestration.client import CLOCK_DEPLOYMENT, launch, run_info
 from tests.support.cycle import agree_goals_but_one, full_answers
-from tests.web.test_portal_pages import csrf_of, form_of, signed_in
+from tests.support.portal import csrf_of, form_of, signed_in
 
 pytestmark = pytest.mark.prefect
 POLICY, PERIOD = "external-service", "2026-Q4"

@@ -29,7 +29,7 @@ from perfcycle.notifications.mailsink import MailSink, list_messages
 from perfcycle.orchestration.mail_relay.flow import mail_relay
 from perfcycle.orchestration.mail_relay.tasks import RATE_LIMIT, rate_limit_shape
 from perfcycle.orchestration.review_cycle import tasks as stages
-from tests.notifications.test_relay import goals_mail
+from tests.support.smtp import goals_mail
 
 pytestmark = pytest.mark.prefect
 

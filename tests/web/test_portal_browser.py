@@ -46,6 +46,7 @@ from tests.support.cycle import (
     prepare_demo_org,
     run_until_wait,
 )
+from tests.support.factories import freeze
 
 PERIOD = "2026-Q4"
 POLICY = "external-service"
@@ -125,11 +126,6 @@ def new_context(browser: Browser) -> Iterator[Callable[..., BrowserContext]]:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def freeze(monkeypatch: pytest.MonkeyPatch, moment: datetime) -> None:
-    """The portal serves in this process: its clock.now() reads the same variable."""
-    monkeypatch.setenv("PERFCYCLE_NOW", moment.isoformat())
 
 
 def use_policy(stack: Stack, raters: dict[str, int]) -> None:

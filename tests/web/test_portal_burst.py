@@ -10,7 +10,7 @@ import pytest
 
 from perfcycle.core.settings import get_settings
 from perfcycle.web.app import create_app
-from tests.web.test_portal_pages import first_report, signed_in, start_cycle
+from tests.support.portal import first_report, signed_in, start_cycle
 
 # Above the pool (5 + 10 overflow) plus the worker threads (40) that block waiting for it: the
 # size at which, without perfcycle.web.app.AdmissionLimit, every thread waited for a

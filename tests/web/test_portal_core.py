@@ -5,60 +5,41 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import pytest
-from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.testclient import TestClient
-from httpx import Response
 from sqlalchemy import select
 
 from perfcycle.cli import roles as roles_cli
 from perfcycle.core.db import session_scope
 from perfcycle.core.errors import InvalidInput, Problem
 from perfcycle.core.settings import REPO_ROOT, get_settings
-from perfcycle.domain import audit
 from perfcycle.domain.models import (
     AuditEvent,
-    Base,
-    Cycle,
-    Department,
-    Employee,
     OutboxMessage,
-    Participant,
     PortalRole,
     TaskToken,
 )
 from perfcycle.notifications import links
 from perfcycle.web import i18n, routes, security
 from perfcycle.web.app import create_app
-from perfcycle.web.deps import (
-    CsrfForm,
-    PageError,
-    SessionDep,
-    Viewer,
-    ViewerDep,
-    consume_task_token,
-    locale_of,
-    require_roles,
-    run_after_commit,
-)
+from perfcycle.web.deps import require_roles
 from perfcycle.web.routes import ROUTERS
-
-NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
-LINK_EXPIRES = NOW + timedelta(days=10)
-# id, manager, locale, active
-PEOPLE = [
-    ("boss", None, "zh-CN", True),
-    ("amy", "boss", "en", True),
-    ("bo", "boss", "zh-CN", True),
-    ("hr1", None, "zh-CN", True),
-    ("gone", "boss", "en", False),
-]
-CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
-
+from tests.support.factories import table_rows
+from tests.support.probe import (
+    CSRF_FIELD,
+    NOW,
+    build_org,
+    csrf,
+    hooks_ran,
+    issue,
+    portal,
+    press_sign_in,
+    sign_in,
+)
 
 # ---------------------------------------------------------------- the org and the app
 
@@ -71,133 +52,6 @@ def org(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     get_settings.cache_clear()
     yield build_org(db_url)
     get_settings.cache_clear()
-
-
-def build_org(db_url: str) -> int:
-    with session_scope(db_url) as s:
-        s.add(Department(id="cs", name="Customer service", type="external_service"))
-        for person_id, manager_id, locale, active in PEOPLE:
-            s.add(
-                Employee(
-                    id=person_id,
-                    name=person_id.title(),
-                    email=f"{person_id.title()}@Example.com",
-                    department_id="cs",
-                    manager_id=manager_id,
-                    locale=locale,
-                    active=active,
-                )
-            )
-            s.flush()
-        cycle = Cycle(
-            policy="test-policy",
-            policy_digest="0" * 64,
-            period="2026-Q4",
-            period_start=date(2026, 10, 1),
-            period_end=date(2026, 12, 31),
-            scope_key="",
-            start_date=date(2026, 10, 1),
-            state="running",
-            current_stage="evaluation",
-            created_at=NOW - timedelta(days=30),
-        )
-        s.add(cycle)
-        s.flush()
-        for person_id, _, _, active in PEOPLE:
-            if active:
-                s.add(Participant(cycle_id=cycle.id, employee_id=person_id, department_id="cs"))
-        return cycle.id
-
-
-def issue(
-    db_url: str,
-    cycle_id: int,
-    person: str = "amy",
-    kind: str = "evaluation",
-    expires_at: datetime = LINK_EXPIRES,
-) -> str:
-    """A task link as the mails carry it; returns the token."""
-    with session_scope(db_url) as s:
-        return links.token_of(links.issue_link(s, person, cycle_id, kind, f"{kind}:1", expires_at))
-
-
-probe = APIRouter()
-hooks_ran: list[str] = []
-
-
-@probe.get("/_probe/me")
-def probe_me(request: Request, viewer: ViewerDep) -> dict[str, Any]:
-    return {"person": viewer.person_id, "roles": sorted(viewer.roles), "locale": locale_of(request)}
-
-
-@probe.get("/_probe/hr")
-def probe_hr(viewer: Annotated[Viewer, Depends(require_roles("hr_admin"))]) -> dict[str, str]:
-    return {"person": viewer.person_id}
-
-
-@probe.post("/_probe/task/{cycle_id}")
-def probe_task(
-    request: Request, cycle_id: int, session: SessionDep, viewer: ViewerDep, form: CsrfForm
-) -> dict[str, Any]:
-    """A task's POST as the pages write it: use the link up and change something."""
-    row = consume_task_token(session, request, "evaluation", cycle_id)
-    audit.record(session, actor=viewer.person_id, action="probe.done", subject="probe")
-    run_after_commit(request, lambda: hooks_ran.append("after commit"))
-    return {"consumed": row.id if row else None, "note": form.get("note")}
-
-
-@probe.post("/_probe/refuse")
-def probe_refuse(request: Request, session: SessionDep, viewer: ViewerDep) -> None:
-    audit.record(session, actor=viewer.person_id, action="probe.refused", subject="probe")
-    run_after_commit(request, lambda: hooks_ran.append("should not run"))
-    raise PageError(422, "invalid_input", "score 9 is out of range 1..5 (field q1)")
-
-
-@probe.post("/_probe/fails-at-commit/{cycle_id}")
-def probe_fails_at_commit(
-    request: Request, cycle_id: int, session: SessionDep, viewer: ViewerDep, form: CsrfForm
-) -> dict[str, str]:
-    """Uses the link up and answers "done", but the transaction cannot commit (duplicate id)."""
-    consume_task_token(session, request, "evaluation", cycle_id)
-    session.add(Department(id="cs", name="a second cs", type="external_service"))
-    run_after_commit(request, lambda: hooks_ran.append("should not run"))
-    return {"result": "done"}
-
-
-def portal(db_url: str) -> TestClient:
-    app: FastAPI = create_app(db_url)
-    app.include_router(probe)
-    return TestClient(app, follow_redirects=False)
-
-
-def sign_in(client: TestClient, token: str) -> None:
-    response = client.get(f"/t/{token}")
-    assert response.status_code == 303, response.text
-
-
-def press_sign_in(client: TestClient, token: str) -> Response:
-    """Open a sign-in link (a page with a button) and press its button."""
-    page = client.get(f"/t/{token}")
-    assert page.status_code == 200, page.text
-    found = CSRF_FIELD.search(page.text)
-    assert found and f'action="/t/{token}"' in page.text, page.text
-    return client.post(f"/t/{token}", data={"csrf_token": found.group(1)})
-
-
-def csrf(client: TestClient) -> str:
-    """The CSRF token a form on a page carries, for whoever this client is signed in as."""
-    page = client.get("/auth/sign-in")
-    found = CSRF_FIELD.search(page.text)
-    assert found, page.text
-    return found.group(1)
-
-
-def snapshot(db_url: str) -> dict[str, list[tuple[Any, ...]]]:
-    with session_scope(db_url) as s:
-        return {
-            t.name: [tuple(r) for r in s.execute(select(t).order_by(*t.primary_key.columns))]
-            for t in Base.metadata.sorted_tables
-        }
 
 
 def outbox_rows(db_url: str) -> list[OutboxMessage]:
@@ -236,10 +90,10 @@ def test_a_link_signs_in_and_lands_on_its_task_page(
 def test_a_sign_in_link_signs_in_only_when_its_button_is_pressed(db_url: str, org: int) -> None:
     token = issue(db_url, org, kind="sign_in")
     scanner = portal(db_url)  # a mail scanner opens every link it finds: that must spend nothing
-    before = snapshot(db_url)
+    before = table_rows(db_url)
     page = scanner.get(f"/t/{token}?lang=en")
     assert page.status_code == 200 and "works once" in page.text
-    assert snapshot(db_url) == before and security.SESSION_COOKIE not in scanner.cookies
+    assert table_rows(db_url) == before and security.SESSION_COOKIE not in scanner.cookies
     assert scanner.get("/_probe/me").status_code == 401
 
     person = portal(db_url)
@@ -255,12 +109,12 @@ def test_a_sign_in_link_signs_in_only_when_its_button_is_pressed(db_url: str, or
 
 def test_opening_a_link_uses_nothing_up_and_changes_nothing(db_url: str, org: int) -> None:
     token = issue(db_url, org)
-    before = snapshot(db_url)
+    before = table_rows(db_url)
 
     for _ in range(3):
         sign_in(portal(db_url), token)
 
-    assert snapshot(db_url) == before
+    assert table_rows(db_url) == before
 
 
 def test_the_session_cookie_is_secure_when_the_portal_is_served_over_https(
@@ -296,7 +150,7 @@ def test_the_task_post_consumes_the_link_once_and_commits(db_url: str, org: int)
 def test_a_refused_post_rolls_back_and_skips_the_after_commit_work(db_url: str, org: int) -> None:
     client = portal(db_url)
     sign_in(client, issue(db_url, org))
-    before = snapshot(db_url)
+    before = table_rows(db_url)
     hooks_ran.clear()
 
     response = client.post("/_probe/refuse", data={"csrf_token": csrf(client)})
@@ -304,14 +158,14 @@ def test_a_refused_post_rolls_back_and_skips_the_after_commit_work(db_url: str, 
     assert response.status_code == 422
     assert "score 9 is out of range 1..5 (field q1)" in response.text
     assert "<html" in response.text  # a page in the layout, not JSON
-    assert snapshot(db_url) == before
+    assert table_rows(db_url) == before
     assert hooks_ran == []
 
 
 def test_a_post_whose_commit_fails_is_never_reported_as_done(db_url: str, org: int) -> None:
     client = TestClient(portal(db_url).app, follow_redirects=False, raise_server_exceptions=False)
     sign_in(client, issue(db_url, org))
-    before = snapshot(db_url)
+    before = table_rows(db_url)
     hooks_ran.clear()
 
     response = client.post(f"/_probe/fails-at-commit/{org}", data={"csrf_token": csrf(client)})
@@ -320,7 +174,7 @@ def test_a_post_whose_commit_fails_is_never_reported_as_done(db_url: str, org: i
     assert response.status_code == 500
     assert "done" not in response.text
     assert "nothing from this step was saved" in response.text
-    assert snapshot(db_url) == before  # the link is still unused
+    assert table_rows(db_url) == before  # the link is still unused
     assert hooks_ran == []
 
 
@@ -442,11 +296,11 @@ def test_roles_cli_grants_revokes_and_lists_with_audit(db_url: str, org: int) ->
 def test_roles_cli_refuses_bad_input_and_changes_nothing(
     db_url: str, org: int, person: str, role: str, field: str
 ) -> None:
-    before = snapshot(db_url)
+    before = table_rows(db_url)
     with session_scope(db_url) as s, pytest.raises(InvalidInput) as info:
         roles_cli.grant_role(s, person, role, actor="admin")
     assert [p.field for p in info.value.problems] == [field]
-    assert snapshot(db_url) == before
+    assert table_rows(db_url) == before
 
 
 # ---------------------------------------------------------------- languages
@@ -563,14 +417,14 @@ def test_asking_for_a_link_mails_exactly_one_that_signs_in(
 
 def test_asking_for_a_link_reveals_nothing_about_unknown_addresses(db_url: str, org: int) -> None:
     known = ask_for_link(portal(db_url), "bo@example.com")
-    before = snapshot(db_url)
+    before = table_rows(db_url)
 
     for email in ("nobody@example.com", "gone@example.com"):
         unknown = ask_for_link(portal(db_url), email)
         assert unknown.status_code == known.status_code == 200
         assert unknown.text.replace(email, "") == known.text.replace("bo@example.com", "")
         assert CSRF_FIELD.sub("", unknown.text) == CSRF_FIELD.sub("", known.text)
-    assert snapshot(db_url) == before
+    assert table_rows(db_url) == before
 
 
 def test_asking_for_links_is_rate_limited_per_address(
@@ -589,8 +443,8 @@ def test_asking_for_links_is_rate_limited_per_address(
 
 
 def test_a_malformed_address_is_said_so_and_changes_nothing(db_url: str, org: int) -> None:
-    before = snapshot(db_url)
+    before = table_rows(db_url)
     response = ask_for_link(portal(db_url), "not an address")
     assert response.status_code == 422
     assert "请输入有效的邮箱地址" in response.text
-    assert snapshot(db_url) == before
+    assert table_rows(db_url) == before

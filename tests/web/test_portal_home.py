@@ -29,12 +29,13 @@ from perfcycle.web import i18n, security
 from perfcycle.web.app import create_app
 from tests.support import databases
 from tests.support.cycle import full_answers, launch, run_until_wait
-from tests.web.test_portal_pages import (
+from tests.support.factories import freeze
+from tests.support.portal import (
     POLICY,
     at_evaluation,
     first_report,
-    freeze,
     grant,
+    outsider,
     portal,
     signed_in,
     start_cycle,
@@ -128,20 +129,6 @@ def a_second_cycle_at_target_setting(url: str) -> int:
     cycle_id = launch(url, POLICY, NEXT_PERIOD, run_id="run-2")
     assert run_until_wait(url, cycle_id).stage == "target_setting"
     return cycle_id
-
-
-def outsider(url: str, cycle_id: int) -> str:
-    """An active employee who takes part in the cycle in no way (not even as a manager)."""
-    with session_scope(url) as s:
-        rows = s.execute(
-            select(Participant.employee_id, Participant.manager_id).where(
-                Participant.cycle_id == cycle_id
-            )
-        ).tuples()
-        involved = {person for row in rows for person in row}
-        return next(
-            e for e in s.scalars(select(Employee.id).order_by(Employee.id)) if e not in involved
-        )
 
 
 # ---------------------------------------------------------------- tasks and their links

@@ -8,24 +8,20 @@ and checks both the page and the database.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 
 from perfcycle.core.db import session_scope
-from perfcycle.core.settings import REPO_ROOT, Settings, get_settings
+from perfcycle.core.settings import Settings, get_settings
 from perfcycle.devtools.devstack import pick_free_ports
 from perfcycle.domain import engine
 from perfcycle.domain.access import Actor
@@ -37,7 +33,6 @@ from perfcycle.domain.models import (
     Goal,
     OutboxMessage,
     Participant,
-    PortalRole,
     RaterAssignment,
     TaskToken,
 )
@@ -47,13 +42,8 @@ from perfcycle.domain.stages.target_setting import submit_goals
 from perfcycle.notifications import links, outbox, relay
 from perfcycle.notifications.render import render
 from perfcycle.notifications.vocabulary import stage_title
-from perfcycle.web import i18n
-from perfcycle.web.app import create_app
-from perfcycle.web.routes import ROUTERS
-from tests.notifications.test_relay import Recorder, Server
 from tests.support import databases
 from tests.support.cycle import (
-    DemoOrg,
     agree_goals_but_one,
     decide,
     full_answers,
@@ -61,44 +51,28 @@ from tests.support.cycle import (
     prepare_demo_org,
     run_until_wait,
 )
-from tests.web.test_portal_core import snapshot
-
-PERIOD = "2026-Q4"
-POLICY = "external-service"
-T0 = datetime(2027, 1, 4, 9, 0, tzinfo=UTC)
-CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
-PAGE_MODULES = ("goals", "evaluations", "me", "hr", "audit")
-
+from tests.support.factories import freeze, table_rows
+from tests.support.portal import (
+    PERIOD,
+    POLICY,
+    T0,
+    at_evaluation,
+    csrf_of,
+    error_of,
+    first_report,
+    form_of,
+    goal_states,
+    grant,
+    launch_at_t0,
+    signed_in,
+    start_cycle,
+    state_of,
+    t,
+    use_policy,
+)
+from tests.support.smtp import Recorder, Server
 
 # ---------------------------------------------------------------- fixtures and helpers
-
-
-def use_policy(folder: Path, monkeypatch: pytest.MonkeyPatch, raters: dict[str, Any]) -> None:
-    """The shipped policies, with the external-service rater counts changed."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in (REPO_ROOT / "policies").glob("*.yaml"):
-        source = path.read_text(encoding="utf-8")
-        if path.stem == POLICY:
-            data = yaml.safe_load(source)
-            for rater_type, count in raters.items():
-                data["raters"][rater_type]["count"] = count
-            source = yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
-        (folder / path.name).write_text(source, encoding="utf-8")
-    monkeypatch.setenv("PERFCYCLE_POLICIES_DIR", str(folder))
-    get_settings.cache_clear()
-
-
-def freeze(monkeypatch: pytest.MonkeyPatch, moment: datetime) -> None:
-    monkeypatch.setenv("PERFCYCLE_NOW", moment.isoformat())
-
-
-def start_cycle(url: str, folder: Path, monkeypatch: pytest.MonkeyPatch) -> int:
-    org = prepare_demo_org(url, folder)
-    return launch_at_t0(url, org, monkeypatch)
-
-
-def launch_at_t0(url: str, org: DemoOrg, monkeypatch: pytest.MonkeyPatch) -> int:
-    return databases.start_demo_cycle(url, org, monkeypatch, POLICY, PERIOD, T0)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -210,41 +184,6 @@ def evaluating(
     get_settings.cache_clear()
 
 
-def portal(url: str) -> TestClient:
-    app: FastAPI = create_app(url)
-    # Page modules the app does not list yet are mounted the same way it mounts its own.
-    for name in PAGE_MODULES:
-        if name not in ROUTERS:
-            app.include_router(importlib.import_module(f"perfcycle.web.routes.{name}").router)
-    return TestClient(app, follow_redirects=False)
-
-
-def signed_in(url: str, person: str, cycle_id: int, kind: str, ref: str) -> TestClient:
-    """A browser that opened `person`'s task link."""
-    with session_scope(url) as s:
-        link = links.issue_link(s, person, cycle_id, kind, ref, T0 + timedelta(days=90))
-    client = portal(url)
-    response = client.get(f"/t/{links.token_of(link)}")
-    assert response.status_code == 303, response.text
-    return client
-
-
-def csrf_of(page: str) -> str:
-    found = CSRF_FIELD.search(page)
-    assert found, page
-    return found.group(1)
-
-
-def grant(url: str, person: str, role: str) -> None:
-    with session_scope(url) as s:
-        s.add(PortalRole(principal=person, role=role, granted_by="test", granted_at=T0))
-
-
-def t(key: str, **values: Any) -> str:
-    """Catalog text in zh-CN, the demo organisation's language for most people."""
-    return i18n.translate(key, "zh-CN", **values)
-
-
 def approver_mails(url: str, cycle_id: int, manager: str) -> list[OutboxMessage]:
     with session_scope(url) as s:
         return list(
@@ -258,27 +197,6 @@ def approver_mails(url: str, cycle_id: int, manager: str) -> list[OutboxMessage]
                 .order_by(OutboxMessage.id)
             )
         )
-
-
-def goal_states(url: str, cycle_id: int, person: str) -> set[tuple[str, bool, bool]]:
-    with session_scope(url) as s:
-        goals = s.scalars(select(Goal).where(Goal.cycle_id == cycle_id, Goal.employee_id == person))
-        return {
-            (g.state, g.employee_signed_at is not None, g.manager_signed_at is not None)
-            for g in goals
-        }
-
-
-def first_report(url: str, cycle_id: int) -> tuple[str, str]:
-    """(employee, manager) of a participant with a manager, in id order."""
-    with session_scope(url) as s:
-        row = s.execute(
-            select(Participant.employee_id, Participant.manager_id)
-            .where(Participant.cycle_id == cycle_id, Participant.manager_id.is_not(None))
-            .order_by(Participant.employee_id)
-        ).first()
-        assert row is not None
-        return row.employee_id, str(row.manager_id)
 
 
 def used_tokens(url: str, person: str, kind: str) -> int:
@@ -457,10 +375,6 @@ def test_only_the_manager_can_approve_and_a_tampered_form_changes_nothing(
 # ---------------------------------------------------------------- 2. evaluations
 
 
-def at_evaluation(url: str, cycle_id: int) -> None:
-    assert play_until_waiting_at(url, cycle_id, "evaluation").wait == "people"
-
-
 def pending_of(url: str, cycle_id: int) -> list[RaterAssignment]:
     with session_scope(url) as s:
         return list(
@@ -470,20 +384,6 @@ def pending_of(url: str, cycle_id: int) -> list[RaterAssignment]:
                 .order_by(RaterAssignment.id)
             )
         )
-
-
-def error_of(page: str, item: str) -> str:
-    """The error shown next to one item of an evaluation form."""
-    assert f'id="error-{item}"' in page, f"no error next to {item}"
-    return page.split(f'id="error-{item}"')[1].split("</p>")[0]
-
-
-def form_of(answers: dict[str, tuple[int | str, str]], token: str) -> dict[str, Any]:
-    data: dict[str, Any] = {"csrf_token": token}
-    for item, (score, comment) in answers.items():
-        data[f"score.{item}"] = str(score)
-        data[f"comment.{item}"] = comment
-    return data
 
 
 def saved_answers(url: str, assignment_id: int) -> int:
@@ -496,13 +396,6 @@ def saved_answers(url: str, assignment_id: int) -> int:
             )
             or 0
         )
-
-
-def state_of(url: str, assignment_id: int) -> str:
-    with session_scope(url) as s:
-        found = s.get(RaterAssignment, assignment_id)
-        assert found is not None
-        return found.state
 
 
 def test_a_rater_fills_the_anchored_form_with_required_comments_then_reads_it(
@@ -605,7 +498,7 @@ def test_goals_after_the_deadline_are_refused_and_change_nothing(
     me = signed_in(db_url, employee, cycle, "goals", "target_setting:1")
     token = csrf_of(me.get(f"/goals?cycle={cycle}").text)
     freeze(monkeypatch, due + timedelta(minutes=1))
-    before = snapshot(db_url)
+    before = table_rows(db_url)
     goal = {"title": "Answer the backlog", "measure": "tickets older than 7 days",
             "target": "0", "deadline": "2026-12-20", "weight": "6"}
     for path, data in [
@@ -616,7 +509,7 @@ def test_goals_after_the_deadline_are_refused_and_change_nothing(
         response = me.post(path, data=data)
         assert response.status_code == 409, (path, response.text)
         assert stage_title("target_setting", "zh-CN") in response.text
-    assert snapshot(db_url) == before
+    assert table_rows(db_url) == before
     page = me.get(f"/goals?cycle={cycle}")
     assert t("goals.submit") not in page.text  # nothing offered that would be refused
 

@@ -39,7 +39,7 @@ from perfcycle.domain.stages.target_setting import save_personal_goals
 from perfcycle.web import i18n
 from tests.support import databases
 from tests.support.cycle import decide, play_until_waiting_at, run_until_wait
-from tests.web.test_portal_pages import csrf_of, error_of, form_of, signed_in
+from tests.support.portal import csrf_of, error_of, form_of, signed_in, state_of
 
 GOALS = [
     {
@@ -136,11 +136,6 @@ def saved(url: str, assignment_id: int) -> dict[str, int]:
             )
         ).tuples()
         return dict(rows.all())
-
-
-def state_of(url: str, assignment_id: int) -> str:
-    with session_scope(url) as s:
-        return s.get_one(RaterAssignment, assignment_id).state
 
 
 def policy_answers(url: str, cycle_id: int, rater_type: str) -> dict[str, tuple[int | str, str]]:

@@ -16,7 +16,8 @@ from perfcycle.core.db import session_scope
 from perfcycle.core.settings import get_settings
 from perfcycle.domain.models import RaterAssignment, TaskToken
 from perfcycle.web import security
-from tests.web.test_portal_core import (
+from tests.support.factories import table_rows
+from tests.support.probe import (
     NOW,
     build_org,
     csrf,
@@ -24,15 +25,14 @@ from tests.web.test_portal_core import (
     portal,
     press_sign_in,
     sign_in,
-    snapshot,
 )
 
 
 def refused(db_url: str, client: TestClient, method: str, path: str, **kwargs: object) -> str:
     """Send the request; returns the page after checking the database did not change."""
-    before = snapshot(db_url)
+    before = table_rows(db_url)
     response = client.request(method, path, **kwargs)  # type: ignore[arg-type]
-    assert snapshot(db_url) == before, f"{method} {path} changed the database"
+    assert table_rows(db_url) == before, f"{method} {path} changed the database"
     assert "<html" in response.text, "a refusal is a page, not JSON"
     return f"{response.status_code} {response.text}"
 

@@ -37,12 +37,13 @@ from perfcycle.domain.stages.target_setting import submit_goals
 from perfcycle.web import security
 from tests.support import databases
 from tests.support.cycle import decide, full_answers, play_until_waiting_at, run_until_wait
-from tests.web.test_portal_home import outsider
-from tests.web.test_portal_pages import (
+from tests.support.factories import name_of
+from tests.support.portal import (
     at_evaluation,
     csrf_of,
     first_report,
     grant,
+    outsider,
     signed_in,
     start_cycle,
     t,
@@ -96,13 +97,6 @@ def card(html: str, section_id: str) -> str:
     parts = html.split(f'<section class="card" id="{section_id}">')
     assert len(parts) == 2, f"no section {section_id}"
     return parts[1].split("</section>")[0]
-
-
-def name_of(url: str, person: str) -> str:
-    with session_scope(url) as s:
-        found = s.get(Employee, person)
-        assert found is not None
-        return found.name
 
 
 def goal_titles(url: str, cycle_id: int, person: str) -> list[str]:

@@ -16,9 +16,10 @@ from perfcycle.core.settings import get_settings
 from perfcycle.domain.models import Employee, TaskToken
 from perfcycle.notifications import links, task_kinds
 from perfcycle.notifications.task_kinds import TASK_KINDS
-from tests.notifications.test_task_kinds import declared_kinds
 from tests.support.cycle import launch, play_whole_cycle, prepare_demo_org
-from tests.web.test_portal_pages import POLICY, T0, csrf_of, freeze, portal
+from tests.support.factories import freeze
+from tests.support.portal import POLICY, T0, csrf_of, portal
+from tests.support.task_kinds import declared_kinds
 
 # The interview, improvement-plan and appeal pages come with the next issue's journeys; until
 # then their links sign the person in and land on the home page.

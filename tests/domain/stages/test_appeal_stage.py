@@ -15,7 +15,7 @@ from perfcycle.domain.models import Appeal, Result, StageInstance
 from perfcycle.domain.stages import appeal
 from perfcycle.domain.stages.base import Progress
 from perfcycle.notifications.render import format_day, render
-from tests.domain.stages.test_interview_stage import (
+from tests.support.factories import (
     NOW,
     OPENED,
     STAGE_DAYS,
@@ -29,6 +29,8 @@ from tests.domain.stages.test_interview_stage import (
     table_rows,
 )
 
+pytestmark = pytest.mark.usefixtures("frozen_clock")
+
 DUE = OPENED + timedelta(days=STAGE_DAYS)
 RESULTS = {
     "boss": ("A", {"csat": 99.0}),
@@ -37,11 +39,6 @@ RESULTS = {
     "e2": ("D", {"csat": 40.0}),
     "e3": ("B", {"csat": 80.0}),
 }
-
-
-@pytest.fixture(autouse=True)
-def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PERFCYCLE_NOW", NOW.isoformat())
 
 
 @pytest.fixture

@@ -16,8 +16,9 @@ from perfcycle.domain.access import Actor
 from perfcycle.domain.models import ImprovementPlan, PlanCheckin
 from perfcycle.domain.stages import improvement
 from perfcycle.domain.stages.base import Progress
-from tests.domain.stages.test_interview_stage import (
+from tests.support.factories import (
     NOW,
+    RESULTS,
     add_results,
     assert_rejected,
     audit_events,
@@ -28,19 +29,10 @@ from tests.domain.stages.test_interview_stage import (
     table_rows,
 )
 
+pytestmark = pytest.mark.usefixtures("frozen_clock")
+
 # The stage opens on 30 Nov 2026; three calendar months later has no 30th of February.
 DEADLINE = date(2027, 2, 28)
-RESULTS = {
-    "e1": ("C", {"csat": 40.0, "fcr": 70.0, "attitude": 55.0}),
-    "e2": ("D", {"csat": 80.0, "fcr": 30.5, "attitude": 20.0}),
-    "e3": ("A", {"csat": 99.0, "fcr": 95.0, "attitude": 100.0}),
-    "boss": ("D", {}),
-}
-
-
-@pytest.fixture(autouse=True)
-def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PERFCYCLE_NOW", NOW.isoformat())
 
 
 @pytest.fixture

@@ -27,13 +27,7 @@ from perfcycle.domain.stages.target_setting import (
     submit_goals,
 )
 from tests.support import databases
-from tests.web.test_portal_pages import (
-    csrf_of,
-    first_report,
-    goal_states,
-    signed_in,
-    t,
-)
+from tests.support.portal import csrf_of, first_report, goal_states, signed_in, t
 
 BLANK = dict.fromkeys(("title", "measure", "target", "deadline", "weight"), " ")
 UNLOCKED = "first_contact_resolution"
