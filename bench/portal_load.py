@@ -110,26 +110,18 @@ def launch_to_evaluation(url: str) -> int:
     """Open the cycle and step the engine, as the review-cycle flow does, until a stage waits."""
     from perfcycle.core.db import session_scope
     from perfcycle.domain import cycles, engine
-    from perfcycle.domain.policy.snapshot import cycle_policy
 
     with session_scope(url) as session:
         valid = cycles.validate_launch(session, cycles.LaunchRequest(POLICY_NAME, PERIOD, []))
         cycle_id = cycles.open_cycle(session, valid, RUN_ID)[0].id
     for _ in range(10):
-        with session_scope(url) as session:
-            cycle = engine.get_cycle(session, cycle_id)
-            policy = cycle_policy(cycle)
-            stage = engine.current_stage(session, cycle, policy)
-            if stage is None:
-                raise BenchError("the cycle finished without waiting at evaluation")
-            inst = engine.open_stage(session, cycle, policy, stage)
-            engine.enter_stage(session, cycle, policy, inst)
-            status = engine.assess(session, cycle, policy, inst)
-            if status.wait != "ready":
-                if stage.name != "evaluation":
-                    raise BenchError(f"the cycle waits at {stage.name}, not evaluation")
-                return cycle_id
-            engine.close_stage(session, cycle, policy, inst)
+        step = engine.advance(cycle_id, url)
+        if step.next == "finished":
+            raise BenchError("the cycle finished without waiting at evaluation")
+        if step.next != "continue":
+            if step.stage != "evaluation":
+                raise BenchError(f"the cycle waits at {step.stage}, not evaluation")
+            return cycle_id
     raise BenchError("the cycle did not reach evaluation")
 
 

@@ -1,13 +1,13 @@
 """The stage engine: open, enter, assess, apply deadlines, close — one step at a time.
 
-The flow (flows/review_cycle.py) calls these through thin tasks; the cycle clock and the portal
-call `resume_reason` to decide whether a suspended run should be resumed. Every function here is
-idempotent and reads the truth from the database, so a re-run from the top converges.
+`advance` is the one stage loop's step: the review-cycle flow calls it through a thin task, and
+tests drive it directly. The cycle clock and the portal call `resume_reason` to decide whether a
+suspended run should be resumed. Every function here is idempotent and reads the truth from the
+database, so a re-run from the top converges.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -16,20 +16,25 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from perfcycle.core import clock
+from perfcycle.core.db import session_scope
 from perfcycle.core.errors import InvalidInput
 from perfcycle.domain import audit
 from perfcycle.domain.cycles import stage_start
-from perfcycle.domain.models import Cycle, StageInstance
+from perfcycle.domain.models import Cycle, StageInstance, StageName
 from perfcycle.domain.policy.schema import Extend, Policy, Stage
 from perfcycle.domain.policy.snapshot import cycle_policy, cycle_policy_or_none
-from perfcycle.domain.stages.base import Progress, StageHandler
+from perfcycle.domain.stages.base import Progress, StageContext, StageHandler
+from perfcycle.domain.stages.registry import HANDLERS
 from perfcycle.notifications.notify import notify
 
 # Margin between our deadline and Prefect's own pause timeout: the cycle clock acts first.
 PREFECT_TIMEOUT_MARGIN = timedelta(days=1)
 APPROVAL_TIMEOUT_MARGIN = timedelta(days=30)
 
-Wait = Literal["people", "approval", "ready", "finished"]
+Wait = Literal["people", "approval", "ready"]
+# What the loop does after a step: step again, suspend until people are done (or the deadline),
+# suspend for the committee's decision (run input), or finish.
+Next = Literal["continue", "people", "approval", "finished"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,81 @@ class StageStatus:
     due_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class Step:
+    """What one `advance` did, and what the loop must do next."""
+
+    cycle_id: int
+    # The stage this step worked on; None when the cycle had no stage left.
+    stage: str | None
+    next: Next
+    # The handler's summaries: `entered` on every step that worked on a stage (entering is
+    # idempotent, so a re-run reports what was created now), `closed` when this step closed it.
+    entered: dict[str, Any] | None = None
+    closed: dict[str, Any] | None = None
+    # For a wait: the suspend key and timeout, and the stage's progress and deadline.
+    key: str = ""
+    timeout_s: int = 0
+    attempt: int = 1
+    done: int = 0
+    total: int = 0
+    due_at: datetime | None = None
+
+
+def advance(cycle_id: int, url: str | None = None) -> Step:
+    """One step of the stage loop: finish the cycle if no stage is left, else open the current
+    stage, enter it, assess it and close it when it is ready.
+
+    Each phase commits on its own, as a flow run that dies between them leaves it: a re-run
+    finds what was committed and does only the rest.
+    """
+    with session_scope(url) as session:
+        cycle = get_cycle(session, cycle_id)
+        policy = cycle_policy(cycle)
+        stage = current_stage(session, cycle, policy)
+        if stage is None:
+            finish_cycle(session, cycle)
+            return Step(cycle_id, None, "finished")
+        open_stage(session, cycle, policy, stage)
+    with session_scope(url) as session:
+        cycle, inst = _cycle_and_stage(session, cycle_id, stage.name)
+        entered = enter_stage(session, cycle, policy, inst)
+    with session_scope(url) as session:
+        cycle, inst = _cycle_and_stage(session, cycle_id, stage.name)
+        status = assess(session, cycle, policy, inst)
+    if status.wait == "ready":
+        with session_scope(url) as session:
+            cycle, inst = _cycle_and_stage(session, cycle_id, stage.name)
+            closed = close_stage(session, cycle, policy, inst)
+        return _step(status, "continue", entered, closed)
+    return _step(status, status.wait, entered)
+
+
+def _cycle_and_stage(session: Session, cycle_id: int, stage: str) -> tuple[Cycle, StageInstance]:
+    return get_cycle(session, cycle_id), stage_instances(session, cycle_id)[stage]
+
+
+def _step(
+    status: StageStatus,
+    next_: Next,
+    entered: dict[str, Any],
+    closed: dict[str, Any] | None = None,
+) -> Step:
+    return Step(
+        cycle_id=status.cycle_id,
+        stage=status.stage,
+        next=next_,
+        entered=entered,
+        closed=closed,
+        key=status.key,
+        timeout_s=status.timeout_s,
+        attempt=status.attempt,
+        done=status.done,
+        total=status.total,
+        due_at=status.due_at,
+    )
+
+
 def suspend_key(stage: str, attempt: int, wait: int | None = None) -> str:
     """Prefect pause keys allow only lowercase letters, digits and dashes."""
     parts = [stage.replace("_", "-"), f"a{attempt}"] + ([f"w{wait}"] if wait is not None else [])
@@ -54,9 +134,13 @@ def suspend_key(stage: str, attempt: int, wait: int | None = None) -> str:
 
 
 def handler_for(stage: str) -> StageHandler:
-    module = importlib.import_module(f"perfcycle.domain.stages.{stage}")
-    handler: StageHandler = module.Handler()
-    return handler
+    return HANDLERS[StageName(stage)]
+
+
+def stage_progress(
+    session: Session, cycle: Cycle, policy: Policy, inst: StageInstance
+) -> Progress:
+    return handler_for(inst.name).progress(StageContext(session, cycle, policy, inst))
 
 
 def needs_approval(stage: str) -> bool:
@@ -147,7 +231,7 @@ def _full_time_on_return(
 def enter_stage(
     session: Session, cycle: Cycle, policy: Policy, inst: StageInstance
 ) -> dict[str, Any]:
-    summary = handler_for(inst.name).enter(session, cycle, policy, inst)
+    summary = handler_for(inst.name).enter(StageContext(session, cycle, policy, inst))
     inst.summary = {**(inst.summary or {}), "entered": summary}
     return summary
 
@@ -155,7 +239,7 @@ def enter_stage(
 def assess(session: Session, cycle: Cycle, policy: Policy, inst: StageInstance) -> StageStatus:
     """Decide the stage's next move: ready to close, or wait (applying the deadline rule)."""
     stage = policy.stage(inst.name)
-    progress = handler_for(inst.name).progress(session, cycle, policy, inst)
+    progress = stage_progress(session, cycle, policy, inst)
     if progress.complete:
         return _status(inst, "ready", progress)
     now = clock.now()
@@ -233,7 +317,7 @@ def close_stage(
 ) -> dict[str, Any]:
     if inst.state == "completed":
         return dict(inst.summary.get("closed", {}))
-    summary = handler_for(inst.name).close(session, cycle, policy, inst)
+    summary = handler_for(inst.name).close(StageContext(session, cycle, policy, inst))
     inst.state = "completed"
     inst.closed_at = clock.now()
     inst.close_reason = inst.close_reason or "complete"
@@ -308,7 +392,7 @@ def resume_reason(session: Session, cycle: Cycle) -> str | None:
     inst = instances.get(stage.name)
     if inst is None or inst.state == "completed":
         return "next stage"
-    progress = handler_for(inst.name).progress(session, cycle, policy, inst)
+    progress = stage_progress(session, cycle, policy, inst)
     if needs_approval(inst.name):
         # Only the committee's decision (run input) resumes an approval; the clock escalates.
         if clock.now() >= inst.due_at:

@@ -41,7 +41,7 @@ def cycle_status(session: Session, cycle_id: int) -> dict[str, Any]:
                 {"name": stage.name, "state": "pending", "due_at": None, "done": 0, "total": 0}
             )
             continue
-        progress = engine.handler_for(stage.name).progress(session, cycle, policy, inst)
+        progress = engine.stage_progress(session, cycle, policy, inst)
         stages.append(
             {
                 "name": stage.name,

@@ -39,7 +39,7 @@ from perfcycle.domain.models import (
 )
 from perfcycle.domain.policy.schema import Extend, Policy, Stage
 from perfcycle.domain.policy.snapshot import cycle_policy_or_none
-from perfcycle.domain.stages.base import PendingTask, PendingWork
+from perfcycle.domain.stages.base import PendingTask, PendingWork, StageContext
 from perfcycle.notifications import vocabulary
 from perfcycle.notifications.events import PEOPLE_STAGES, Role
 from perfcycle.notifications.notify import (
@@ -71,6 +71,9 @@ class OpenStage:
     @property
     def rules(self) -> Stage:
         return self.policy.stage(self.inst.name)
+
+    def pending(self, session: Session) -> dict[str, list[PendingTask]]:
+        return self.handler.pending(StageContext(session, self.cycle, self.policy, self.inst))
 
 
 def tick(session: Session, now: datetime) -> dict[str, int]:
@@ -176,9 +179,7 @@ def remind_now(session: Session, cycle_id: int, now: datetime) -> tuple[int, int
     entries = [
         _Entry(person_id, task, stage, None)
         for stage in stages
-        for person_id, tasks in stage.handler.pending(
-            session, stage.cycle, stage.policy, stage.inst
-        ).items()
+        for person_id, tasks in stage.pending(session).items()
         for task in tasks
     ]
     people = _active_people(session, {e.person_id for e in entries})
@@ -202,7 +203,7 @@ def _reminder_entries(session: Session, stage: OpenStage, now: datetime) -> list
     if not rule.enabled:
         return []
     key = _reminder_key(stage, now)
-    pending = stage.handler.pending(session, stage.cycle, stage.policy, stage.inst)
+    pending = stage.pending(session)
     return [
         _Entry(person_id, task, stage, key)
         for person_id, tasks in pending.items()
@@ -295,7 +296,7 @@ def due_escalations(session: Session, now: datetime) -> int:
         deadline = deadline_as_opened(stage.inst, stage.rules)
         if now < deadline + timedelta(days=rule.after_overdue_days):
             continue
-        pending = stage.handler.pending(session, stage.cycle, stage.policy, stage.inst)
+        pending = stage.pending(session)
         if not pending:
             continue
         recipients = _escalation_recipients(session, pending, to_hr=rule.to == "hr")

@@ -34,6 +34,7 @@ from perfcycle.domain.models import (
 from perfcycle.domain.policy.loader import load_policy
 from perfcycle.domain.policy.schema import CsvSource, Policy, SqlSource
 from perfcycle.domain.stages import data_collection
+from perfcycle.domain.stages.base import StageContext
 from perfcycle.domain.stages.data_collection import HR_IMPORT, import_metrics_csv, needed_metrics
 
 POLICIES = sorted((Path(__file__).resolve().parents[2] / "policies").glob("*.yaml"))
@@ -494,7 +495,7 @@ def test_stage_collects_converges_and_reports_what_is_missing(
 ) -> None:
     handler = data_collection.Handler()
     stage = _stage(session, cycle)
-    summary = handler.enter(session, cycle, policy, stage)
+    summary = handler.enter(StageContext(session, cycle, policy, stage))
     session.commit()
     collected = collect(policy.sources, START, END, {p for p in _participants(session, cycle)})
     assert summary == {
@@ -510,14 +511,14 @@ def test_stage_collects_converges_and_reports_what_is_missing(
     # 20 CS people x 7 metrics; the GM and the CS head have no tickets.
     needed = needed_metrics(policy)
     assert len(needed) == 7
-    progress = handler.progress(session, cycle, policy, stage)
+    progress = handler.progress(StageContext(session, cycle, policy, stage))
     assert (progress.total, progress.done) == (140, 140 - 2 * 7)
-    closed = handler.close(session, cycle, policy, stage)
+    closed = handler.close(StageContext(session, cycle, policy, stage))
     assert closed["missing_count"] == 14
     assert closed["missing"][:2] == ["E0001:complaint_rate_pct", "E0001:complaint_timeliness_pct"]
 
     # A re-run changes nothing and records nothing.
-    again = handler.enter(session, cycle, policy, stage)
+    again = handler.enter(StageContext(session, cycle, policy, stage))
     session.commit()
     assert (again["inserted"], again["updated"]) == (0, 0)
     assert _values(session) == first
@@ -537,7 +538,7 @@ def test_stage_rerun_picks_up_changed_source_data(
     monkeypatch.setenv(ENV, url)
     handler = data_collection.Handler()
     stage = _stage(session, cycle)
-    handler.enter(session, cycle, policy, stage)
+    handler.enter(StageContext(session, cycle, policy, stage))
     session.commit()
     with sqlite3.connect(tmp_path / "tickets.db") as conn:
         conn.execute(
@@ -545,7 +546,7 @@ def test_stage_rerun_picks_up_changed_source_data(
             " WHERE assignee = 'E0026' AND opened_at >= '2026-10-01' AND major_incident = 0)"
         )
     before = _values(session)[("E0026", "major_incidents")][0]
-    summary = handler.enter(session, cycle, policy, stage)
+    summary = handler.enter(StageContext(session, cycle, policy, stage))
     session.commit()
     assert summary["updated"] == 1 and summary["inserted"] == 0
     assert _values(session)[("E0026", "major_incidents")] == (before + 1, "tickets")
@@ -564,7 +565,7 @@ def test_hr_supplies_missing_values_by_csv_and_they_survive_a_rerun(
 ) -> None:
     handler = data_collection.Handler()
     stage = _stage(session, cycle)
-    handler.enter(session, cycle, policy, stage)
+    handler.enter(StageContext(session, cycle, policy, stage))
     session.commit()
     lines = ["employee_id,metric,value,evidence"]
     for employee in ("E0001", "E0002"):
@@ -576,8 +577,9 @@ def test_hr_supplies_missing_values_by_csv_and_they_survive_a_rerun(
     written = import_metrics_csv(session, cycle, policy, path, Actor.hr("hr-admin"))
     session.commit()
     assert written == 15
-    assert handler.progress(session, cycle, policy, stage).complete
-    assert handler.close(session, cycle, policy, stage) == {"missing": [], "missing_count": 0}
+    assert handler.progress(StageContext(session, cycle, policy, stage)).complete
+    closed = handler.close(StageContext(session, cycle, policy, stage))
+    assert closed == {"missing": [], "missing_count": 0}
     (event,) = _audit(session, "metrics.imported")
     assert event.actor == "hr-admin" and event.after is not None
     assert event.after["inserted"] == 14 and event.after["updated"] == 1
@@ -590,7 +592,7 @@ def test_hr_supplies_missing_values_by_csv_and_they_survive_a_rerun(
     assert evidence["basis"] == "re-survey" and evidence["supplied_by"] == "hr-admin"
     assert evidence["line"] == 16
 
-    handler.enter(session, cycle, policy, stage)
+    handler.enter(StageContext(session, cycle, policy, stage))
     session.commit()
     assert _values(session)[("E0026", "satisfaction_pct")] == (99.0, HR_IMPORT)
     # The same file again changes nothing.

@@ -48,6 +48,7 @@ from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages import calibration as calibration_stage
 from perfcycle.domain.stages import evaluation as evaluation_stage
 from perfcycle.domain.stages import target_setting as target_setting_stage
+from perfcycle.domain.stages.base import StageContext
 from perfcycle.domain.stages.evaluation import submit_evaluation
 from perfcycle.notifications import notify, outbox
 from tests.support import databases
@@ -296,12 +297,12 @@ def test_rerunning_a_finished_cycle_changes_nothing(
     cycle_id = finished_copy(finished["external-service"], demo)
     before = table_rows(demo.url)
 
-    assert run_until_wait(demo.url, cycle_id).wait == "finished"
+    assert run_until_wait(demo.url, cycle_id).next == "finished"
     with session_scope(demo.url) as session:
         cycle = engine.get_cycle(session, cycle_id)
         policy = cycle_policy(cycle)
         for name, inst in engine.stage_instances(session, cycle_id).items():
-            engine.handler_for(name).enter(session, cycle, policy, inst)
+            engine.handler_for(name).enter(StageContext(session, cycle, policy, inst))
             engine.close_stage(session, cycle, policy, inst)
         engine.finish_cycle(session, cycle)
         again, created = cycles.open_cycle(
@@ -310,7 +311,7 @@ def test_rerunning_a_finished_cycle_changes_nothing(
             "run-2",
         )
         assert (again.id, created) == (cycle_id, False)
-    assert run_until_wait(demo.url, cycle_id).wait == "finished"
+    assert run_until_wait(demo.url, cycle_id).next == "finished"
     assert resume_reason(demo.url, cycle_id) is None
 
     assert_same_rows(before, table_rows(demo.url))
@@ -612,7 +613,7 @@ def test_escalate_mails_hr_once_extends_by_the_grace_then_advances(
     freeze(monkeypatch, T0)
     cycle_id = launch(demo.url, "external-service", PERIOD)  # target_setting: escalate
     status = run_until_wait(demo.url, cycle_id)
-    assert (status.stage, status.wait) == ("target_setting", "people")
+    assert (status.stage, status.next) == ("target_setting", "people")
     due = stage_of(demo.url, cycle_id, "target_setting").due_at
     assert due == T0 + timedelta(days=14)
     assert resume_reason(demo.url, cycle_id) is None
@@ -621,7 +622,7 @@ def test_escalate_mails_hr_once_extends_by_the_grace_then_advances(
     assert resume_reason(demo.url, cycle_id) == "deadline"
     for _ in range(2):  # the clock may resume the run more than once: still one escalation
         status = run_until_wait(demo.url, cycle_id)
-        assert (status.stage, status.wait) == ("target_setting", "people")
+        assert (status.stage, status.next) == ("target_setting", "people")
     inst = stage_of(demo.url, cycle_id, "target_setting")
     assert inst.escalated and inst.state == "open"
     assert inst.due_at == due + timedelta(days=2)  # escalation_grace_days default
@@ -691,7 +692,7 @@ def test_extend_moves_the_deadline_once_then_advances_expiring_the_rest(
     assert resume_reason(demo.url, cycle_id) == "deadline"
     for _ in range(2):
         status = run_until_wait(demo.url, cycle_id)
-        assert (status.stage, status.wait) == ("evaluation", "people")
+        assert (status.stage, status.next) == ("evaluation", "people")
     inst = stage_of(demo.url, cycle_id, "evaluation")
     assert (inst.due_at, inst.extensions, inst.state) == (due + timedelta(days=5), 1, "open")
     assert len(audit_actions(demo.url, "stage.extended")) == 1
@@ -699,7 +700,7 @@ def test_extend_moves_the_deadline_once_then_advances_expiring_the_rest(
 
     freeze(monkeypatch, inst.due_at)
     status = run_until_wait(demo.url, cycle_id)
-    assert (status.stage, status.wait) == ("calibration", "approval")
+    assert (status.stage, status.next) == ("calibration", "approval")
     inst = stage_of(demo.url, cycle_id, "evaluation")
     assert (inst.state, inst.close_reason) == ("completed", "deadline")
     assert inst.due_at == due + timedelta(days=5)
@@ -729,7 +730,7 @@ def test_advance_closes_at_the_deadline_and_expires_pending_forms(
     freeze(monkeypatch, due)
     assert resume_reason(demo.url, cycle_id) == "deadline"
     status = run_until_wait(demo.url, cycle_id)
-    assert (status.stage, status.wait) == ("calibration", "approval")
+    assert (status.stage, status.next) == ("calibration", "approval")
     inst = stage_of(demo.url, cycle_id, "evaluation")
     assert (inst.state, inst.close_reason, inst.extensions) == ("completed", "deadline", 0)
     states = _assignment_states(demo.url, cycle_id)
@@ -756,7 +757,7 @@ def test_calibration_never_advances_at_its_deadline_but_escalates_once(
         freeze(monkeypatch, due + late)
         assert resume_reason(demo.url, cycle_id) is None
         status = run_until_wait(demo.url, cycle_id)
-        assert (status.stage, status.wait) == ("calibration", "approval")
+        assert (status.stage, status.next) == ("calibration", "approval")
     inst = stage_of(demo.url, cycle_id, "calibration")
     assert (inst.state, inst.escalated, inst.due_at, inst.close_reason) == (
         "open",
@@ -811,7 +812,7 @@ def test_after_a_late_re_evaluation_the_committee_still_gets_its_full_period(
                 session, a.id, full_answers(session, a), Actor.person(a.rater_id), policy
             )
     status = play_until_waiting_at(url, cycle_id, "calibration")
-    assert status.wait == "approval"
+    assert status.next == "approval"
     # Seven days from when the committee has the results again, not from the old deadline.
     assert stage_of(url, cycle_id, "calibration").due_at == finished + timedelta(days=7)
     assert audit_actions(url, "stage.deadline_reset")
@@ -881,7 +882,7 @@ def test_send_back_reopens_only_the_named_employee_then_approve_with_an_adjustme
     assert calibration.due_at > first_due
 
     status = run_until_wait(url, cycle_id)
-    assert (status.stage, status.wait, status.attempt) == ("evaluation", "people", 2)
+    assert (status.stage, status.next, status.attempt) == ("evaluation", "people", 2)
     # Progress counts the whole cycle's forms: only the re-opened ones are left to do.
     assert status.total - status.done == len(reopened)
     with session_scope(url) as session:
@@ -898,7 +899,7 @@ def test_send_back_reopens_only_the_named_employee_then_approve_with_an_adjustme
 
     act(url, cycle_id)  # the raters re-rate
     status = run_until_wait(url, cycle_id)
-    assert (status.stage, status.wait, status.attempt) == ("calibration", "approval", 2)
+    assert (status.stage, status.next, status.attempt) == ("calibration", "approval", 2)
     assert status.key != first_wait.key  # a new pause, so Prefect shows the form again
 
     with session_scope(url) as session:

@@ -107,7 +107,7 @@ def test_a_cycle_launched_under_version_1_keeps_running(
     # Target setting opens, everyone agrees, data collection runs, evaluation opens.
     status = play_until_waiting_at(db_url, cycle_id, "evaluation")
 
-    assert (status.stage, status.wait) == ("evaluation", "people")
+    assert (status.stage, status.next) == ("evaluation", "people")
     with session_scope(db_url) as s:
         rows = s.execute(select(StageInstance.name, StageInstance.state)).tuples()
         states = {name: state for name, state in rows}

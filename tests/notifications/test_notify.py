@@ -21,7 +21,7 @@ from perfcycle.domain.policy.loader import PolicyError, load_policy
 from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages import interview
-from perfcycle.domain.stages.base import PendingWork
+from perfcycle.domain.stages.base import PendingWork, StageContext
 from perfcycle.notifications import links, vocabulary
 from perfcycle.notifications.events import EVENT_ROLES, PEOPLE_STAGES, Role
 from perfcycle.notifications.notify import LINK_GRACE, Recipient, TaskLink, notify
@@ -250,7 +250,9 @@ def test_a_disabled_event_sends_nothing_and_makes_no_link(db_url: str, frozen: N
 
     assert rows(db_url) == [] and token_count(db_url) == 0
     with session_scope(db_url) as s:
-        assert interview.Handler().progress(s, s.get_one(Cycle, cycle_id), policy, _stage(s)).total
+        assert interview.Handler().progress(
+            StageContext(s, s.get_one(Cycle, cycle_id), policy, _stage(s))
+        ).total
 
 
 def _stage(s: Any) -> StageInstance:
@@ -375,7 +377,7 @@ def test_rerunning_the_stages_makes_no_new_mail_or_link(demo: DemoOrg) -> None:
         cycle = engine.get_cycle(s, cycle_id)
         policy = cycle_policy(cycle)
         for name, inst in engine.stage_instances(s, cycle_id).items():
-            summary = engine.handler_for(name).enter(s, cycle, policy, inst)
+            summary = engine.handler_for(name).enter(StageContext(s, cycle, policy, inst))
             assert summary.get("mails_enqueued", 0) == 0, name
 
     assert (len(rows(demo.url)), token_count(demo.url)) == before

@@ -109,7 +109,7 @@ def demo_cycle_at_first_stage(url: str, folder: Path, monkeypatch: pytest.Monkey
     get_settings.cache_clear()
     cycle_id = launch(url, "external-service", "2026-Q4")
     status = run_until_wait(url, cycle_id)
-    assert status.wait == "people", status
+    assert status.next == "people", status
     return cycle_id
 
 
@@ -359,7 +359,7 @@ def test_smtp_down_during_a_stage_then_up_every_mail_arrives_once(
         clock_at(T0 + timedelta(minutes=5))
         up = relay.relay_until_idle(db_url, settings=settings)
         # The stage runs again (a resumed flow): it adds nothing, and nothing goes out twice.
-        assert run_until_wait(db_url, cycle_id).wait == "people"
+        assert run_until_wait(db_url, cycle_id).next == "people"
         again = relay.relay_until_idle(db_url, settings=settings)
 
     assert up.sent == len(queued) and again.handled == 0

@@ -17,7 +17,6 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.deployments.runner import RunnerDeployment
-from prefect.testing.utilities import prefect_test_harness
 from sqlalchemy import update
 
 from perfcycle.core import clock
@@ -31,13 +30,7 @@ from perfcycle.orchestration.mail_relay.tasks import RATE_LIMIT, rate_limit_shap
 from perfcycle.orchestration.review_cycle import tasks as stages
 from tests.support.smtp import goals_mail
 
-pytestmark = pytest.mark.prefect
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
 
 
 @pytest.fixture

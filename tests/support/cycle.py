@@ -1,4 +1,4 @@
-"""Drive a cycle through the engine without Prefect, exactly as flows/review_cycle.py does.
+"""Drive a cycle through the engine's `advance` without Prefect, as the review-cycle flow does.
 
 Logic tests use this to run whole cycles in milliseconds; the Prefect tests prove the flow
 itself does the same thing against a real server.
@@ -62,31 +62,12 @@ def agree_goals_but_one(session: Session, cycle_id: int) -> tuple[str, str]:
     return last, manager
 
 
-def run_until_wait(url: str, cycle_id: int) -> engine.StageStatus:
-    """One flow run: step stages until one must wait; 'finished' when the cycle is done."""
+def run_until_wait(url: str, cycle_id: int) -> engine.Step:
+    """One flow run without Prefect: advance until the cycle waits or is finished."""
     for _ in range(100):
-        with session_scope(url) as session:
-            cycle = engine.get_cycle(session, cycle_id)
-            policy = cycle_policy(cycle)
-            stage = engine.current_stage(session, cycle, policy)
-            if stage is None:
-                engine.finish_cycle(session, cycle)
-                return engine.StageStatus(cycle_id, None, "finished")
-            inst = engine.open_stage(session, cycle, policy, stage)
-        with session_scope(url) as session:
-            cycle = engine.get_cycle(session, cycle_id)
-            inst = engine.stage_instances(session, cycle_id)[stage.name]
-            engine.enter_stage(session, cycle, policy, inst)
-        with session_scope(url) as session:
-            cycle = engine.get_cycle(session, cycle_id)
-            inst = engine.stage_instances(session, cycle_id)[stage.name]
-            status = engine.assess(session, cycle, policy, inst)
-        if status.wait != "ready":
-            return status
-        with session_scope(url) as session:
-            cycle = engine.get_cycle(session, cycle_id)
-            inst = engine.stage_instances(session, cycle_id)[stage.name]
-            engine.close_stage(session, cycle, policy, inst)
+        step = engine.advance(cycle_id, url)
+        if step.next != "continue":
+            return step
     raise AssertionError("cycle did not converge")
 
 
@@ -108,10 +89,10 @@ def play_whole_cycle(url: str, cycle_id: int, player: Player | None = None) -> O
     player = player or Player(log=lambda _m: None)
     waits: list[str] = []
     for _ in range(50):
-        status = run_until_wait(url, cycle_id)
-        if status.wait == "finished":
+        step = run_until_wait(url, cycle_id)
+        if step.next == "finished":
             return Outcome(waits)
-        waits.append(f"{status.stage}:{status.wait}")
+        waits.append(f"{step.stage}:{step.next}")
         with session_scope(url) as session:
             cycle = session.scalar(select(Cycle).where(Cycle.id == cycle_id))
             assert cycle is not None
@@ -166,13 +147,13 @@ def play_whole_cycle_surviving(
     crashes = 0
     for _ in range(60):
         try:
-            status = run_until_wait(url, cycle_id)
+            step = run_until_wait(url, cycle_id)
         except InjectedCrash:
             crashes += 1
             continue
-        if status.wait == "finished":
+        if step.next == "finished":
             return Outcome(waits), crashes
-        waits.append(f"{status.stage}:{status.wait}")
+        waits.append(f"{step.stage}:{step.next}")
         act(url, cycle_id, player)
     raise AssertionError(f"cycle did not finish; waits: {waits}, crashes: {crashes}")
 
@@ -202,13 +183,13 @@ def act(url: str, cycle_id: int, player: Player | None = None) -> dict[str, Any]
 
 def play_until_waiting_at(
     url: str, cycle_id: int, stage: str, player: Player | None = None
-) -> engine.StageStatus:
+) -> engine.Step:
     """Run and act for everyone until the cycle waits at `stage`; nobody has acted there yet."""
     for _ in range(30):
-        status = run_until_wait(url, cycle_id)
-        if status.stage == stage:
-            return status
-        if status.wait == "finished":
+        step = run_until_wait(url, cycle_id)
+        if step.stage == stage:
+            return step
+        if step.next == "finished":
             break
         act(url, cycle_id, player)
     raise AssertionError(f"cycle {cycle_id} never waited at {stage}")

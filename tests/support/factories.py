@@ -29,6 +29,7 @@ from perfcycle.domain.models import (
     StageName,
 )
 from perfcycle.domain.policy.schema import Policy
+from perfcycle.domain.stages.base import StageContext
 
 OPENED = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 NOW = datetime(2026, 12, 10, 9, 0, tzinfo=UTC)
@@ -175,7 +176,7 @@ def run_handler(db_url: str, handler: Any, method: str, cycle_id: int, policy: P
     with session_scope(db_url) as s:
         cycle = s.get_one(Cycle, cycle_id)
         stage = s.scalars(select(StageInstance).where(StageInstance.cycle_id == cycle_id)).one()
-        return getattr(handler, method)(s, cycle, policy, stage)
+        return getattr(handler, method)(StageContext(s, cycle, policy, stage))
 
 
 def table_rows(db_url: str) -> dict[str, list[tuple[Any, ...]]]:

@@ -104,7 +104,7 @@ def first_report(url: str, cycle_id: int) -> tuple[str, str]:
 
 
 def at_evaluation(url: str, cycle_id: int) -> None:
-    assert play_until_waiting_at(url, cycle_id, "evaluation").wait == "people"
+    assert play_until_waiting_at(url, cycle_id, "evaluation").next == "people"
 
 
 def error_of(page: str, item: str) -> str:

@@ -150,7 +150,7 @@ def cycle_at_evaluation(stack: Stack) -> int:
     stack.monkeypatch.setenv("PERFCYCLE_TICKETS_URL", org.tickets_url)
     get_settings.cache_clear()
     cycle_id = launch(stack.url, POLICY, PERIOD)
-    assert play_until_waiting_at(stack.url, cycle_id, "evaluation").wait == "people"
+    assert play_until_waiting_at(stack.url, cycle_id, "evaluation").next == "people"
     assert stack.inbox.deliver(stack.url) > 0
     return cycle_id
 
@@ -322,7 +322,7 @@ def test_an_employee_sees_rater_groups_only_when_enough_raters_answered(
     freeze(stack.monkeypatch, due + timedelta(days=1))
     run_until_wait(stack.url, cycle_id)
     freeze(stack.monkeypatch, due + timedelta(days=7))
-    assert play_until_waiting_at(stack.url, cycle_id, "calibration").wait == "approval"
+    assert play_until_waiting_at(stack.url, cycle_id, "calibration").next == "approval"
     decide(stack.url, cycle_id, decision="approve", approver="committee")
     run_until_wait(stack.url, cycle_id)
     assert stack.inbox.deliver(stack.url) > 0

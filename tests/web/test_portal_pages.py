@@ -601,7 +601,7 @@ def test_the_transparency_page_shows_evidence_scores_and_only_big_enough_rater_g
     freeze(monkeypatch, due + timedelta(days=1))
     run_until_wait(db_url, cycle_id)
     freeze(monkeypatch, due + timedelta(days=7))
-    assert play_until_waiting_at(db_url, cycle_id, "calibration").wait == "approval"
+    assert play_until_waiting_at(db_url, cycle_id, "calibration").next == "approval"
     decide(db_url, cycle_id, decision="approve", approver="committee")
     run_until_wait(db_url, cycle_id)
 

@@ -94,7 +94,7 @@ def setup(
         manager, employee, other = manager_with_two_reports(s, cycle_id)
         assert save_personal_goals(s, cycle_id, employee, GOALS, actor=Actor.person(employee)) == 2
     # Everyone signs with their manager (the employee's goals included), evaluation opens.
-    assert play_until_waiting_at(db_url, cycle_id, "evaluation").wait == "people"
+    assert play_until_waiting_at(db_url, cycle_id, "evaluation").next == "people"
     yield Setup(db_url, cycle_id, manager, employee, other)
     get_settings.cache_clear()
 
@@ -348,7 +348,7 @@ def test_results_after_submission_include_the_personal_goals(
     assert boss.post(f"/evaluations/{mine.id}", data=form_of(answers, token)).status_code == 303
 
     # Everyone else answers; calibration computes the results and the committee approves.
-    assert play_until_waiting_at(setup.url, setup.cycle_id, "calibration").wait == "approval"
+    assert play_until_waiting_at(setup.url, setup.cycle_id, "calibration").next == "approval"
     with session_scope(setup.url) as s:
         result = s.scalars(
             select(Result).where(

@@ -169,7 +169,7 @@ def release_results(url: str, cycle_id: int) -> None:
         for a in pending:
             answers = full_answers(s, a, comment=comment_for(a))
             submit_evaluation(s, a.id, answers, Actor.person(a.rater_id), policy)
-    assert play_until_waiting_at(url, cycle_id, "calibration").wait == "approval"
+    assert play_until_waiting_at(url, cycle_id, "calibration").next == "approval"
     decide(url, cycle_id, decision="approve", approver="committee")
     run_until_wait(url, cycle_id)
 

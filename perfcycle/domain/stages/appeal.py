@@ -29,7 +29,7 @@ from perfcycle.domain.models import (
 from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.policy.snapshot import cycle_policy_or_none
 from perfcycle.domain.stages import base
-from perfcycle.domain.stages.base import PendingTask, Progress, close_unfinished
+from perfcycle.domain.stages.base import PendingTask, Progress, StageContext, close_unfinished
 from perfcycle.notifications.events import Role
 from perfcycle.notifications.notify import Recipient, TaskLink, notify, stage_of
 
@@ -38,9 +38,8 @@ OUTCOMES = ("upheld", "adjusted", "re_evaluated")
 
 
 class Handler:
-    def enter(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> dict[str, Any]:
+    def enter(self, ctx: StageContext) -> dict[str, Any]:
+        session, cycle, policy, stage = ctx.session, ctx.cycle, ctx.policy, ctx.stage
         created = _create_appeals(session, cycle)
         if created:
             audit.record(
@@ -67,16 +66,14 @@ class Handler:
         )
         return {"appeals_created": len(created), "mails_enqueued": mails}
 
-    def progress(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> Progress:
+    def progress(self, ctx: StageContext) -> Progress:
+        session, cycle = ctx.session, ctx.cycle
         counts = count_by_state(session, cycle.id)
         return Progress(done=counts["accepted"] + counts["decided"], total=sum(counts.values()))
 
-    def pending(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> dict[str, list[PendingTask]]:
+    def pending(self, ctx: StageContext) -> dict[str, list[PendingTask]]:
         """Employees who have neither accepted nor appealed their results."""
+        session, cycle = ctx.session, ctx.cycle
         return {
             employee_id: [
                 PendingTask(Role.employee, "answer_results", "appeal", f"appeal:{appeal_id}")
@@ -88,10 +85,9 @@ class Handler:
             ).tuples()
         }
 
-    def close(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> dict[str, Any]:
+    def close(self, ctx: StageContext) -> dict[str, Any]:
         """Lapse the silent; filed appeals stay with the committee and are counted as such."""
+        session, cycle = ctx.session, ctx.cycle
         lapsed = close_unfinished(
             session, Appeal, cycle, stage="appeal", unfinished="open", closed_as="lapsed"
         )

@@ -18,6 +18,16 @@ from perfcycle.notifications.vocabulary import TaskAction
 
 
 @dataclass(frozen=True)
+class StageContext:
+    """What a handler works on: one cycle's stage, with the cycle's policy, in one session."""
+
+    session: Session
+    cycle: Cycle
+    policy: Policy
+    stage: StageInstance
+
+
+@dataclass(frozen=True)
 class Progress:
     done: int
     total: int
@@ -50,17 +60,13 @@ class PendingTask:
 class PendingWork(Protocol):
     """A stage where people have tasks of their own (policy.PEOPLE_STAGES)."""
 
-    def pending(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> dict[str, list[PendingTask]]:
+    def pending(self, ctx: StageContext) -> dict[str, list[PendingTask]]:
         """Employee id -> their unfinished tasks in this stage; people who are done are absent."""
         ...
 
 
 class StageHandler(Protocol):
-    def enter(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> dict[str, Any]:
+    def enter(self, ctx: StageContext) -> dict[str, Any]:
         """Create the stage's records (and their outbox mail) that do not exist yet.
 
         Returns counts for the stage summary, e.g. {"interviews_created": 12}. Called on every
@@ -68,15 +74,11 @@ class StageHandler(Protocol):
         """
         ...
 
-    def progress(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> Progress:
+    def progress(self, ctx: StageContext) -> Progress:
         """How many of the stage's units of work are done, out of how many."""
         ...
 
-    def close(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> dict[str, Any]:
+    def close(self, ctx: StageContext) -> dict[str, Any]:
         """Close what is still open (mark it expired/missed/lapsed) and return summary counts."""
         ...
 

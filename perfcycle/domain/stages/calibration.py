@@ -29,7 +29,7 @@ from perfcycle.domain.models import (
 )
 from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.results import compute_results
-from perfcycle.domain.stages.base import Progress
+from perfcycle.domain.stages.base import Progress, StageContext
 from perfcycle.notifications.events import Role
 from perfcycle.notifications.notify import Recipient, TaskLink, notify
 
@@ -59,9 +59,8 @@ class DecisionInput(BaseModel):
 class Handler:
     needs_approval = True
 
-    def enter(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> dict[str, Any]:
+    def enter(self, ctx: StageContext) -> dict[str, Any]:
+        session, cycle, policy, stage = ctx.session, ctx.cycle, ctx.policy, ctx.stage
         written = compute_results(session, cycle, policy)
         report = anomaly_report(session, cycle, policy)
         settings = get_settings()
@@ -84,9 +83,8 @@ class Handler:
         )
         return {"results_written": written, "mails_enqueued": mails, "anomalies": report}
 
-    def progress(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> Progress:
+    def progress(self, ctx: StageContext) -> Progress:
+        session, cycle, stage = ctx.session, ctx.cycle, ctx.stage
         decision = session.scalar(
             select(CalibrationDecision.decision).where(
                 CalibrationDecision.cycle_id == cycle.id,
@@ -95,9 +93,8 @@ class Handler:
         )
         return Progress(done=1 if decision == "approve" else 0, total=1)
 
-    def close(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> dict[str, Any]:
+    def close(self, ctx: StageContext) -> dict[str, Any]:
+        session, cycle, policy = ctx.session, ctx.cycle, ctx.policy
         now = clock.now()
         session.execute(
             update(Result)

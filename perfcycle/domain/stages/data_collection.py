@@ -23,9 +23,9 @@ from perfcycle.core.errors import InvalidInput, Problem
 from perfcycle.domain import audit
 from perfcycle.domain.access import Actor
 from perfcycle.domain.deadlines import accepting_metrics
-from perfcycle.domain.models import Cycle, MetricValue, Participant, StageInstance, StageName
+from perfcycle.domain.models import Cycle, MetricValue, Participant, StageName
 from perfcycle.domain.policy.schema import MetricIndicator, Policy, VetoIndicator
-from perfcycle.domain.stages.base import Progress
+from perfcycle.domain.stages.base import Progress, StageContext
 
 # The `source` of values HR supplied by CSV; collection runs leave these alone.
 HR_IMPORT = "hr_import"
@@ -34,9 +34,8 @@ _TABLE: Table = MetricValue.__table__  # type: ignore[assignment]
 
 
 class Handler:
-    def enter(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> dict[str, Any]:
+    def enter(self, ctx: StageContext) -> dict[str, Any]:
+        session, cycle, policy = ctx.session, ctx.cycle, ctx.policy
         result = collect(
             policy.sources, cycle.period_start, cycle.period_end, participant_ids(session, cycle)
         )
@@ -58,18 +57,16 @@ class Handler:
             )
         return summary
 
-    def progress(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> Progress:
+    def progress(self, ctx: StageContext) -> Progress:
+        session, cycle, policy = ctx.session, ctx.cycle, ctx.policy
         needed = needed_metrics(policy)
         participants = len(participant_ids(session, cycle))
         return Progress(
             done=_present_count(session, cycle, needed), total=participants * len(needed)
         )
 
-    def close(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> dict[str, Any]:
+    def close(self, ctx: StageContext) -> dict[str, Any]:
+        session, cycle, policy = ctx.session, ctx.cycle, ctx.policy
         missing = missing_metrics(session, cycle, policy)
         return {
             "missing": [f"{e}:{m}" for e, m in missing[:MISSING_LISTED]],

@@ -36,7 +36,7 @@ from perfcycle.domain.models import (
     StageName,
 )
 from perfcycle.domain.policy.schema import Policy, RatedIndicator
-from perfcycle.domain.stages.base import PendingTask, Progress
+from perfcycle.domain.stages.base import PendingTask, Progress, StageContext
 from perfcycle.domain.stages.target_setting import PersonalGoalItem, personal_goal_items
 from perfcycle.notifications.events import Role
 from perfcycle.notifications.notify import Recipient, TaskLink, notify
@@ -249,9 +249,8 @@ class Handler:
 
     name = StageName.evaluation
 
-    def enter(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> dict[str, Any]:
+    def enter(self, ctx: StageContext) -> dict[str, Any]:
+        session, cycle, policy, stage = ctx.session, ctx.cycle, ctx.policy, ctx.stage
         org = load_organisation(session)
         rules = {t: rule.count for t, rule in policy.raters.items()}
         participants = [
@@ -314,19 +313,17 @@ class Handler:
             )
         return {"assignments_created": created, "mails_enqueued": mailed}
 
-    def progress(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> Progress:
+    def progress(self, ctx: StageContext) -> Progress:
+        session, cycle = ctx.session, ctx.cycle
         counts = _state_counts(session, cycle.id)
         return Progress(
             done=counts.get(SUBMITTED, 0),
             total=counts.get(SUBMITTED, 0) + counts.get(PENDING, 0),
         )
 
-    def pending(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> dict[str, list[PendingTask]]:
+    def pending(self, ctx: StageContext) -> dict[str, list[PendingTask]]:
         """Each rater with forms still to fill, naming their ratees."""
+        session, cycle, stage = ctx.session, ctx.cycle, ctx.stage
         ratees: dict[str, set[str]] = defaultdict(set)
         for rater_id, name in session.execute(
             select(RaterAssignment.rater_id, Employee.name)
@@ -340,9 +337,8 @@ class Handler:
             for rater_id, names in sorted(ratees.items())
         }
 
-    def close(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> dict[str, Any]:
+    def close(self, ctx: StageContext) -> dict[str, Any]:
+        session, cycle = ctx.session, ctx.cycle
         result = session.execute(
             update(RaterAssignment)
             .where(RaterAssignment.cycle_id == cycle.id, RaterAssignment.state == PENDING)

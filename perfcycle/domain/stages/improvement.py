@@ -32,7 +32,7 @@ from perfcycle.domain.models import (
 from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.policy.snapshot import cycle_policy_or_none
 from perfcycle.domain.stages import base
-from perfcycle.domain.stages.base import PendingTask, Progress, close_unfinished
+from perfcycle.domain.stages.base import PendingTask, Progress, StageContext, close_unfinished
 from perfcycle.notifications.events import Role
 from perfcycle.notifications.notify import Recipient, TaskLink, hr_standing_in, notify
 
@@ -43,9 +43,8 @@ ACTION_KEYS = {"action", "due"}
 
 
 class Handler:
-    def enter(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> dict[str, Any]:
+    def enter(self, ctx: StageContext) -> dict[str, Any]:
+        session, cycle, policy, stage = ctx.session, ctx.cycle, ctx.policy, ctx.stage
         deadline = add_months(stage.opened_at.date(), policy.improvement.months)
         created = _create_plans(session, cycle, policy, deadline)
         if created:
@@ -72,16 +71,14 @@ class Handler:
         )
         return {"plans_created": len(created), "mails_enqueued": mails}
 
-    def progress(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> Progress:
+    def progress(self, ctx: StageContext) -> Progress:
+        session, cycle = ctx.session, ctx.cycle
         counts = count_by_state(session, cycle.id)
         return Progress(done=counts["closed"], total=sum(counts.values()))
 
-    def pending(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> dict[str, list[PendingTask]]:
+    def pending(self, ctx: StageContext) -> dict[str, list[PendingTask]]:
         """Owners of open plans: each plan is closed once its effect is verified."""
+        session, cycle = ctx.session, ctx.cycle
         todo: dict[str, list[PendingTask]] = {}
         for plan_id, owner_id, name in session.execute(
             select(ImprovementPlan.id, ImprovementPlan.owner_id, Employee.name)
@@ -98,9 +95,8 @@ class Handler:
             )
         return todo
 
-    def close(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> dict[str, Any]:
+    def close(self, ctx: StageContext) -> dict[str, Any]:
+        session, cycle = ctx.session, ctx.cycle
         lapsed = close_unfinished(
             session,
             ImprovementPlan,

@@ -26,10 +26,9 @@ from perfcycle.domain.models import (
     StageInstance,
     StageName,
 )
-from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.policy.snapshot import cycle_policy_or_none
 from perfcycle.domain.stages import base
-from perfcycle.domain.stages.base import PendingTask, Progress, close_unfinished
+from perfcycle.domain.stages.base import PendingTask, Progress, StageContext, close_unfinished
 from perfcycle.notifications.events import Role
 from perfcycle.notifications.notify import Recipient, TaskLink, notify, stage_of
 
@@ -39,9 +38,8 @@ RECORDABLE = ("scheduled", "held")
 
 
 class Handler:
-    def enter(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> dict[str, Any]:
+    def enter(self, ctx: StageContext) -> dict[str, Any]:
+        session, cycle, policy, stage = ctx.session, ctx.cycle, ctx.policy, ctx.stage
         created = _create_interviews(session, cycle)
         if created:
             audit.record(
@@ -63,16 +61,14 @@ class Handler:
         )
         return {"interviews_created": len(created), "mails_enqueued": mails}
 
-    def progress(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> Progress:
+    def progress(self, ctx: StageContext) -> Progress:
+        session, cycle = ctx.session, ctx.cycle
         counts = count_by_state(session, cycle.id)
         return Progress(done=counts["acknowledged"], total=sum(counts.values()))
 
-    def pending(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> dict[str, list[PendingTask]]:
+    def pending(self, ctx: StageContext) -> dict[str, list[PendingTask]]:
         """Managers with interviews to hold; employees with a record to acknowledge."""
+        session, cycle, stage = ctx.session, ctx.cycle, ctx.stage
         emp = aliased(Employee)
         rows = session.execute(
             select(
@@ -105,9 +101,8 @@ class Handler:
             )
         return dict(todo)
 
-    def close(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> dict[str, Any]:
+    def close(self, ctx: StageContext) -> dict[str, Any]:
+        session, cycle = ctx.session, ctx.cycle
         missed = close_unfinished(
             session, Interview, cycle, stage="interview", unfinished="scheduled", closed_as="missed"
         )

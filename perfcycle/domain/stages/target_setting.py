@@ -28,12 +28,11 @@ from perfcycle.domain.models import (
     Employee,
     Goal,
     Participant,
-    StageInstance,
     StageName,
 )
 from perfcycle.domain.policy.schema import MetricIndicator, Policy, Ratio
 from perfcycle.domain.policy.snapshot import cycle_policy_or_none
-from perfcycle.domain.stages.base import PendingTask, Progress
+from perfcycle.domain.stages.base import PendingTask, Progress, StageContext
 from perfcycle.notifications.events import Role
 from perfcycle.notifications.notify import (
     Recipient,
@@ -45,9 +44,8 @@ from perfcycle.notifications.notify import (
 
 
 class Handler:
-    def enter(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> dict[str, Any]:
+    def enter(self, ctx: StageContext) -> dict[str, Any]:
+        session, cycle, policy, stage = ctx.session, ctx.cycle, ctx.policy, ctx.stage
         weights = {c.id: c.weight for c in policy.categories}
         people = session.execute(
             select(Participant.employee_id, Employee.email, Employee.locale, Employee.name)
@@ -96,9 +94,8 @@ class Handler:
             )
         return {"goals_created": created, "mails_enqueued": mails}
 
-    def progress(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> Progress:
+    def progress(self, ctx: StageContext) -> Progress:
+        session, cycle = ctx.session, ctx.cycle
         total = (
             session.scalar(
                 select(func.count())
@@ -117,10 +114,9 @@ class Handler:
         )
         return Progress(done=total - not_done, total=total)
 
-    def pending(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> dict[str, list[PendingTask]]:
+    def pending(self, ctx: StageContext) -> dict[str, list[PendingTask]]:
         """Employees who have not submitted; managers with submitted goals to approve."""
+        session, cycle, stage = ctx.session, ctx.cycle, ctx.stage
         rows = session.execute(
             select(Goal.employee_id, Goal.state, Participant.manager_id, Employee.name)
             .join(
@@ -151,9 +147,8 @@ class Handler:
             )
         return dict(todo)
 
-    def close(
-        self, session: Session, cycle: Cycle, policy: Policy, stage: StageInstance
-    ) -> dict[str, Any]:
+    def close(self, ctx: StageContext) -> dict[str, Any]:
+        session, cycle = ctx.session, ctx.cycle
         # At the deadline the policy's targets apply as proposed: the cycle cannot stall on
         # an unsigned form, and the missing signatures stay visible.
         defaulted = session.execute(  # type: ignore[attr-defined]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import date
+from typing import Literal
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -19,14 +20,16 @@ from perfcycle.orchestration.client import run_info
 @dataclass(frozen=True)
 class Opened:
     cycle_id: int
-    # "new" | "resumed" (this run drives it) | "taken_over" (previous run died) |
-    # "driven_elsewhere" (another live run drives it) | "completed"
-    mode: str
+    # resumed: this run drives it; taken_over: the previous run died; driven_elsewhere: another
+    # live run drives it.
+    mode: Literal["new", "resumed", "taken_over", "driven_elsewhere", "completed"]
     other_run: str | None = None
 
 
 @task(name="open-cycle", retries=0)
-def open_cycle(policy: str, period: str, scope: list[str], start_date: date | None) -> dict:
+def open_cycle(
+    policy: str, period: str, scope: list[str], start_date: date | None
+) -> Opened:
     logger = get_run_logger()
     me = str(flow_run.get_id() or "")
     request = cycles.LaunchRequest(policy, period, scope, start_date)
@@ -39,17 +42,17 @@ def open_cycle(policy: str, period: str, scope: list[str], start_date: date | No
         cycle, created = cycles.open_cycle(session, launch, me)
         if created:
             logger.info("Opened cycle %s (%s participants)", cycle.id, len(launch.employee_ids))
-            return asdict(Opened(cycle.id, "new"))
+            return Opened(cycle.id, "new")
         if cycle.state == "completed":
-            return asdict(Opened(cycle.id, "completed", cycle.flow_run_id))
+            return Opened(cycle.id, "completed", cycle.flow_run_id)
         other = cycle.flow_run_id
         if other and other != me and not run_info(other).final:
             logger.info("Cycle %s is already being run by flow run %s", cycle.id, other)
-            return asdict(Opened(cycle.id, "driven_elsewhere", other))
-        mode = "resumed" if other == me else "taken_over"
+            return Opened(cycle.id, "driven_elsewhere", other)
+        mode: Literal["resumed", "taken_over"] = "resumed" if other == me else "taken_over"
         if other != me:
             cycles.adopt_cycle(session, cycle, me, previous=other)
-        return asdict(Opened(cycle.id, mode, other))
+        return Opened(cycle.id, mode, other)
 
 
 @task(name="finish-cycle")

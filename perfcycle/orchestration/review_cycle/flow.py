@@ -1,12 +1,14 @@
 """review-cycle: run a cycle's stages in the order its policy lists them.
 
-Deterministic orchestration over database state: on every (re-)run it asks which stage is
-current, enters it (idempotent), and either closes it or suspends until people are done or the
-deadline passes. A resumed run re-executes from the top and converges.
+Deterministic orchestration over database state: every step is the domain's `engine.advance`
+(which stage is current, enter it, close it when ready), and the flow only branches on the Step it
+returns: step again, suspend until people are done or the deadline passes, suspend for the
+committee's decision, or finish. A resumed run re-executes from the top and converges.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import date
 from typing import Annotated, Any
 
@@ -18,13 +20,7 @@ from pydantic import Field
 from perfcycle.domain.policy.registry import list_policies
 from perfcycle.domain.stages.calibration import DecisionInput
 from perfcycle.orchestration.review_cycle.cycle_tasks import finish_cycle, open_cycle
-from perfcycle.orchestration.review_cycle.tasks import (
-    assess_stage,
-    close_stage,
-    enter_stage,
-    next_stage,
-    record_decision,
-)
+from perfcycle.orchestration.review_cycle.tasks import advance_stage, record_decision
 
 MAX_STEPS = 200  # a guard against a policy/engine bug looping forever, never reached normally
 
@@ -60,25 +56,21 @@ def review_cycle(
     """
     logger = get_run_logger()
     opened = open_cycle(policy, period, list(scope), start_date)
-    cycle_id = opened["cycle_id"]
-    if opened["mode"] in ("driven_elsewhere", "completed"):
+    cycle_id = opened.cycle_id
+    if opened.mode in ("driven_elsewhere", "completed"):
         logger.info("Cycle %s: %s (flow run %s); nothing to do here.", cycle_id,
-                    opened["mode"].replace("_", " "), opened["other_run"])
-        return opened
+                    opened.mode.replace("_", " "), opened.other_run)
+        return asdict(opened)
 
     for _ in range(MAX_STEPS):
-        stage = next_stage(cycle_id)
-        if stage is None:
+        step = advance_stage(cycle_id)
+        if step.next == "finished":
             break
-        enter_stage(cycle_id, stage)
-        status = assess_stage(cycle_id, stage)
-        if status["wait"] == "ready":
-            close_stage(cycle_id, stage)
-        elif status["wait"] == "people":
-            suspend_flow_run(timeout=status["timeout_s"], key=status["key"])
-        elif status["wait"] == "approval":
+        if step.next == "people":
+            suspend_flow_run(timeout=step.timeout_s, key=step.key)
+        elif step.next == "approval":
             decision = suspend_flow_run(
-                wait_for_input=CalibrationApproval, timeout=status["timeout_s"], key=status["key"]
+                wait_for_input=CalibrationApproval, timeout=step.timeout_s, key=step.key
             )
             record_decision(cycle_id, decision.model_dump(exclude={"metadata"}))
     else:

@@ -1,11 +1,11 @@
-"""One task per stage step: enter, assess, close, record the committee's decision.
+"""One task per stage step (engine.advance: open, enter, assess, close) and one to record the
+committee's decision.
 
 Task runs are per stage (never per employee): a cycle of any size costs a few dozen task runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -52,48 +52,23 @@ def _start_mail_relay(cycle_id: int) -> None:
                                  MAIL_RELAY_DEPLOYMENT, type(exc).__name__, exc)
 
 
-@task(name="next-stage")
-def next_stage(cycle_id: int) -> str | None:
-    with session_scope() as session:
-        cycle = engine.get_cycle(session, cycle_id)
-        stage = engine.current_stage(session, cycle, cycle_policy(cycle))
-        return stage.name if stage else None
-
-
-@task(name="enter-stage", task_run_name="enter-{stage}")
-def enter_stage(cycle_id: int, stage: str) -> dict[str, Any]:
-    with session_scope() as session:
-        cycle = engine.get_cycle(session, cycle_id)
-        policy = cycle_policy(cycle)
-        inst = engine.open_stage(session, cycle, policy, policy.stage(stage))
-        summary = engine.enter_stage(session, cycle, policy, inst)
-    get_run_logger().info("Entered %s: %s", stage, summary)
-    _artifact(cycle_id, stage, "entered")
+@task(name="advance-stage")
+def advance_stage(cycle_id: int) -> engine.Step:
+    """One step of the stage loop; publishes what it entered and closed for the auditor."""
+    step = engine.advance(cycle_id)
+    if step.stage is None:
+        return step
+    logger = get_run_logger()
+    logger.info("Entered %s: %s", step.stage, step.entered)
+    _artifact(cycle_id, step.stage, "entered")
+    if step.closed is not None:
+        logger.info("Closed %s: %s", step.stage, step.closed)
+        _artifact(cycle_id, step.stage, "closed")
+    else:
+        logger.info("%s: %s of %s done, next: %s (due %s)", step.stage, step.done, step.total,
+                    step.next, step.due_at)
     _start_mail_relay(cycle_id)
-    return summary
-
-
-@task(name="assess-stage", task_run_name="assess-{stage}")
-def assess_stage(cycle_id: int, stage: str) -> dict[str, Any]:
-    with session_scope() as session:
-        cycle = engine.get_cycle(session, cycle_id)
-        inst = engine.stage_instances(session, cycle_id)[stage]
-        status = engine.assess(session, cycle, cycle_policy(cycle), inst)
-    get_run_logger().info("%s: %s of %s done, next: %s (due %s)", stage, status.done,
-                          status.total, status.wait, status.due_at)
-    return asdict(status)
-
-
-@task(name="close-stage", task_run_name="close-{stage}")
-def close_stage(cycle_id: int, stage: str) -> dict[str, Any]:
-    with session_scope() as session:
-        cycle = engine.get_cycle(session, cycle_id)
-        inst = engine.stage_instances(session, cycle_id)[stage]
-        summary = engine.close_stage(session, cycle, cycle_policy(cycle), inst)
-    get_run_logger().info("Closed %s: %s", stage, summary)
-    _artifact(cycle_id, stage, "closed")
-    _start_mail_relay(cycle_id)
-    return summary
+    return step
 
 
 @task(name="record-calibration-decision")

@@ -133,7 +133,7 @@ def hr_progress(session: Session, cycle: Cycle, now: datetime, locale: str) -> H
         if inst is None:
             stages.append(StageProgress(stage.name, "pending", None, 0, 0, 1, []))
             continue
-        progress = engine.handler_for(stage.name).progress(session, cycle, policy, inst)
+        progress = engine.stage_progress(session, cycle, policy, inst)
         by_department = [
             DepartmentProgress(d, departments.get(d, d), done, total)
             for d, (done, total) in sorted(
@@ -165,7 +165,7 @@ def overdue_tasks(
         inst = open_stage.inst
         if now < inst.due_at:
             continue
-        for person_id, tasks in open_stage.handler.pending(session, cycle, policy, inst).items():
+        for person_id, tasks in open_stage.pending(session).items():
             found += [(person_id, inst.name, inst, t) for t in tasks]
     people = {
         e.id: e

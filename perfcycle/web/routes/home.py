@@ -182,7 +182,7 @@ def open_tasks(session: Session, person_id: str, locale: str, now: datetime) -> 
     """The person's unfinished tasks in running cycles, by cycle; the most urgent cycle first."""
     found: dict[int, tuple[OpenStage, list[Task]]] = {}
     for stage in open_people_stages(session):
-        pending = stage.handler.pending(session, stage.cycle, stage.policy, stage.inst)
+        pending = stage.pending(session)
         tasks = [task_of(stage, t, locale, now) for t in pending.get(person_id, [])]
         if tasks:
             found.setdefault(stage.cycle.id, (stage, []))[1].extend(tasks)

@@ -26,7 +26,7 @@ from perfcycle.domain.models import (
     StageInstance,
 )
 from perfcycle.domain.policy.schema import Policy
-from perfcycle.domain.stages.base import Progress
+from perfcycle.domain.stages.base import Progress, StageContext
 from perfcycle.domain.stages.evaluation import (
     Handler,
     import_evaluations_csv,
@@ -163,19 +163,19 @@ def build_cycle(url: str, people: list[tuple[str, str, str | None, bool]] | None
 def enter(url: str, cycle_id: int) -> dict[str, Any]:
     with session_scope(url) as s:
         cycle, stage = cycle_and_stage(s, cycle_id)
-        return Handler().enter(s, cycle, POLICY, stage)
+        return Handler().enter(StageContext(s, cycle, POLICY, stage))
 
 
 def progress(url: str, cycle_id: int) -> Progress:
     with session_scope(url) as s:
         cycle, stage = cycle_and_stage(s, cycle_id)
-        return Handler().progress(s, cycle, POLICY, stage)
+        return Handler().progress(StageContext(s, cycle, POLICY, stage))
 
 
 def close(url: str, cycle_id: int) -> dict[str, Any]:
     with session_scope(url) as s:
         cycle, stage = cycle_and_stage(s, cycle_id)
-        return Handler().close(s, cycle, POLICY, stage)
+        return Handler().close(StageContext(s, cycle, POLICY, stage))
 
 
 def cycle_and_stage(s: Session, cycle_id: int) -> tuple[Cycle, StageInstance]:
