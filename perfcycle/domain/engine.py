@@ -39,10 +39,10 @@ Next = Literal["continue", "people", "approval", "finished"]
 
 @dataclass(frozen=True)
 class StageStatus:
-    """What the flow must do next for a cycle."""
+    """`assess`'s verdict on an open stage: ready to close, or waiting (for people or approval)."""
 
     cycle_id: int
-    stage: str | None
+    stage: str
     wait: Wait
     key: str = ""
     timeout_s: int = 0

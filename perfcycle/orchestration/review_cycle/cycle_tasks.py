@@ -27,9 +27,7 @@ class Opened:
 
 
 @task(name="open-cycle", retries=0)
-def open_cycle(
-    policy: str, period: str, scope: list[str], start_date: date | None
-) -> Opened:
+def open_cycle(policy: str, period: str, scope: list[str], start_date: date | None) -> Opened:
     logger = get_run_logger()
     me = str(flow_run.get_id() or "")
     request = cycles.LaunchRequest(policy, period, scope, start_date)
