@@ -1,8 +1,9 @@
-"""The notification vocabulary: the events that send mail, who may receive each, and the roles.
+"""The mail events: which events send mail, who may receive each, and the recipient roles.
 
 The policy schema (perfcycle/domain/policy/schema.py) owns only the shape of a policy's
 `notifications` section; which events exist and whose mail context each one can fill is decided
-here, next to the templates that are named after the events.
+here, next to the templates that are named after the events. (The words mails and pages share
+are in vocabulary.py.)
 """
 
 from __future__ import annotations
