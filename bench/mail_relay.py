@@ -223,7 +223,8 @@ class _Counter:
     def __init__(self) -> None:
         self.ids: list[str] = []
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    # aiosmtpd's hook, called as (server, session, envelope): only the envelope is needed here.
+    async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:
         from email.parser import BytesParser
         from email.policy import compat32
 

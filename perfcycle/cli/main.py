@@ -192,7 +192,7 @@ def print_results_csv(rows: Sequence[dict[str, Any]], out: Any) -> None:
         )
 
 
-def cmd_audit_verify(args: argparse.Namespace) -> int:
+def cmd_audit_verify(_args: argparse.Namespace) -> int:
     from perfcycle.domain import audit
 
     with _session() as session:
@@ -208,7 +208,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 1
 
 
-def cmd_db_upgrade(args: argparse.Namespace) -> int:
+def cmd_db_upgrade(_args: argparse.Namespace) -> int:
     from perfcycle.core.migrate import upgrade
 
     upgrade()
@@ -222,7 +222,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     return up_command(args)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(_args: argparse.Namespace) -> int:
     from perfcycle.orchestration.serve import main as serve_main
 
     serve_main()

@@ -137,7 +137,7 @@ def consume(session: Session, token_row: TaskToken, now: datetime) -> None:
     )
     if getattr(result, "rowcount", 0) != 1:
         session.refresh(token_row)
-        raise InvalidInput([_unusable(token_row, now)])
+        raise InvalidInput([_unusable(token_row)])
     token_row.used_at = now
     audit.record(
         session,
@@ -149,7 +149,7 @@ def consume(session: Session, token_row: TaskToken, now: datetime) -> None:
     )
 
 
-def _unusable(row: TaskToken, now: datetime) -> Problem:
+def _unusable(row: TaskToken) -> Problem:
     if row.used_at is not None:
         return Problem(f"this link was already used at {_when(row.used_at)}", field="token")
     return Problem(f"this link expired at {_when(row.expires_at)}", field="token")

@@ -121,7 +121,8 @@ class _Store:
             self.on_message(summarize(final))
         return final
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    # aiosmtpd's hook, called as (server, session, envelope): only the envelope is needed here.
+    async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:
         data = envelope.original_content or envelope.content
         self.save(data if isinstance(data, bytes) else str(data).encode())
         return "250 Message accepted for delivery"

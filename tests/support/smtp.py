@@ -46,8 +46,9 @@ class Recorder:
         self.peers: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
 
-    async def handle_EHLO(  # noqa: N802 - aiosmtpd's hook name
-        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    # aiosmtpd's hooks are called as (server, session, envelope, *the command's arguments).
+    async def handle_EHLO(
+        self, _server: Any, session: Any, _envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
         session.host_name = hostname
         offered = [r for r in responses if r[4:].split(" ")[0].upper() not in self.without]
@@ -56,8 +57,8 @@ class Recorder:
             offered[-1][:3] + " " + offered[-1][4:]
         ]
 
-    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
-        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    async def handle_RCPT(
+        self, _server: Any, _session: Any, envelope: Any, address: str, _options: Any
     ) -> str:
         reply = self.rcpt(address) if self.rcpt else None
         if reply:
@@ -65,7 +66,7 @@ class Recorder:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, _server: Any, session: Any, envelope: Any) -> str:
         reply = self.data(envelope.rcpt_tos[0]) if self.data else None
         if reply:
             return reply

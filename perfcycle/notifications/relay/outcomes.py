@@ -134,9 +134,9 @@ def record_outcomes(
             update(table)
             .where(table.c.id == bindparam("oid"), table.c.state == "sending")
             .values(state="failed", attempts=bindparam("n"), last_error=bindparam("err")),
-            [{"oid": o.id, "n": o.attempts + 1, "err": _final_error(o, limit)} for o in failed],
+            [{"oid": o.id, "n": o.attempts + 1, "err": _final_error(o)} for o in failed],
         )
-    _audit_failures(session, failed, limit)
+    _audit_failures(session, failed)
     return RelayReport(len(sent), len(retry), len(failed), 1, tuple(o.id for o in failed))
 
 
@@ -159,7 +159,7 @@ def _forget_links(session: Session, ids: Sequence[int]) -> None:
         )
 
 
-def _audit_failures(session: Session, failed: Sequence[Outcome], limit: int) -> None:
+def _audit_failures(session: Session, failed: Sequence[Outcome]) -> None:
     """A mail that will never arrive is an event someone must act on; deliveries and retries
     are bookkeeping the row itself keeps (state, attempts, sent_at, last_error)."""
     if not failed:
@@ -189,12 +189,12 @@ def _audit_failures(session: Session, failed: Sequence[Outcome], limit: int) -> 
                 "attempts": outcome.attempts + 1,
                 "recipient": row.recipient_email if row else None,
                 "template": row.template if row else None,
-                "error": _final_error(outcome, limit),
+                "error": _final_error(outcome),
             },
         )
 
 
-def _final_error(outcome: Outcome, limit: int) -> str:
+def _final_error(outcome: Outcome) -> str:
     if outcome.status == "temporary":
         return _clip(f"gave up after {outcome.attempts + 1} attempts: {outcome.error}")
     return _clip(outcome.error)

@@ -59,7 +59,7 @@ def parse_filter(cycle: str, person: str, action: str) -> AuditFilter:
 def audit_log(
     request: Request,
     session: SessionDep,
-    viewer: Auditor,
+    _viewer: Auditor,
     cycle: str = "",
     person: str = "",
     action: str = "",

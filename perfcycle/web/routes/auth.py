@@ -75,7 +75,7 @@ def open_link(request: Request, token: str, session: SessionDep) -> Response:
 
 
 @router.post("/t/{token}")
-def confirm_sign_in(request: Request, token: str, session: SessionDep, form: CsrfForm) -> Response:
+def confirm_sign_in(request: Request, token: str, session: SessionDep, _form: CsrfForm) -> Response:
     """The sign-in link's button: uses the link up and signs the browser in."""
     row, current = _checked_link(request, session, token)
     if row.task_kind != task_kinds.SIGN_IN:
@@ -276,7 +276,7 @@ def _enqueue_sign_in_link(session: Session, employee: Employee, now: datetime) -
 
 
 @router.post("/auth/sign-out", response_class=HTMLResponse)
-def sign_out(request: Request, session: SessionDep, form: CsrfForm) -> HTMLResponse:
+def sign_out(request: Request, session: SessionDep, _form: CsrfForm) -> HTMLResponse:
     """Ends this browser's session and every other one of the person's (a copied cookie, another
     device): their sign-out count moves on, and sessions carry the count they were issued at."""
     data = session_data(request)

@@ -208,7 +208,7 @@ def goal_details(goal: PersonalGoalItem, locale: str) -> list[tuple[str, str]]:
     ]
 
 
-def parse_answers(form: FormData, item_ids: list[str]) -> dict[str, tuple[object, str]]:
+def parse_answers(form: FormData) -> dict[str, tuple[object, str]]:
     """score.<item> and comment.<item> fields; every submitted score field becomes an answer, so
     a tampered or unknown item is reported by the domain check rather than silently dropped."""
     answers: dict[str, tuple[object, str]] = {}
@@ -302,7 +302,7 @@ def submit_form(
         raise PageError(409, "eval.already_submitted", message)
     policy = cycle_policy(cycle)
     item_ids = [i.id for i in items_of(session, policy, found)]
-    answers = parse_answers(form, item_ids)
+    answers = parse_answers(form)
     if form.get("action") == "draft":
         return keep_draft(request, session, found, form, answers, item_ids, viewer)
     try:

@@ -167,7 +167,7 @@ def remind_now(
     cycle_id: int,
     session: SessionDep,
     viewer: HrAdmin,
-    form: CsrfForm,
+    _form: CsrfForm,
 ) -> Response:
     cycle = load_cycle(session, request, cycle_id)
     if cycle.state != "running":
