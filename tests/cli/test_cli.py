@@ -188,9 +188,8 @@ def test_cycle_status_json_shape_for_a_finished_and_a_running_cycle(
     assert {(s["state"], s["due_at"]) for s in later} == {("pending", None)}
 
 
-def test_status_and_results_of_an_unknown_cycle_exit_2(
-    demo: DemoOrg, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.mark.usefixtures("demo")
+def test_status_and_results_of_an_unknown_cycle_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["cycle", "status", "999", "--json"], ["results", "999", "--json"]):
         code, out, err = run(capsys, *argv)
         assert (code, out) == (2, "")

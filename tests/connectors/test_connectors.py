@@ -166,7 +166,7 @@ def test_every_shipped_query_matches_an_independent_computation(
     assert len(employees - set(by_assignee)) == 4
 
 
-def test_the_window_is_end_exclusive(tickets_url: str, tmp_path: Path) -> None:
+def test_the_window_is_end_exclusive(tmp_path: Path) -> None:
     policy = load_policy(POLICIES[0])
     url = f"sqlite:///{tmp_path}/edge.db"
     generate_tickets(url, [], START, END)
@@ -215,7 +215,8 @@ def test_missing_sqlite_file_is_reported_not_created(tmp_path: Path) -> None:
     assert not path.exists()
 
 
-def test_wrong_columns_name_source_query_and_column(tickets_env: str) -> None:
+@pytest.mark.usefixtures("tickets_env")
+def test_wrong_columns_name_source_query_and_column() -> None:
     good = (
         "SELECT assignee AS employee_id, 'x' AS metric, 1 AS value, NULL AS evidence FROM tickets"
     )
@@ -228,7 +229,8 @@ def test_wrong_columns_name_source_query_and_column(tickets_env: str) -> None:
     assert "no column value, evidence" in problem.message
 
 
-def test_failing_query_and_bad_values_are_reported_together(tickets_env: str) -> None:
+@pytest.mark.usefixtures("tickets_env")
+def test_failing_query_and_bad_values_are_reported_together() -> None:
     queries = [
         "SELECT * FROM no_such_table",
         "SELECT 'E0010' AS employee_id, 'm' AS metric, 'abc' AS value, NULL AS evidence",
@@ -243,7 +245,8 @@ def test_failing_query_and_bad_values_are_reported_together(tickets_env: str) ->
     assert "evidence must be a JSON object" in problems[2].message
 
 
-def test_null_values_mean_no_data_and_rows_of_others_are_dropped(tickets_env: str) -> None:
+@pytest.mark.usefixtures("tickets_env")
+def test_null_values_mean_no_data_and_rows_of_others_are_dropped() -> None:
     query = (
         "SELECT 'E0010' AS employee_id, 'a' AS metric, NULL AS value, NULL AS evidence "
         "UNION ALL SELECT 'E0010', 'b', 2.5, '{\"n\": 3}' "
@@ -278,8 +281,9 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+@pytest.mark.usefixtures("tickets_env")
 def test_csv_source_relative_to_cwd_overrides_earlier_sources(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tickets_env: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
@@ -490,8 +494,9 @@ def _audit(session: Session, action: str) -> list[AuditEvent]:
     return list(session.scalars(select(AuditEvent).where(AuditEvent.action == action)))
 
 
+@pytest.mark.usefixtures("tickets_env")
 def test_stage_collects_converges_and_reports_what_is_missing(
-    db_url: str, session: Session, cycle: Cycle, policy: Policy, tickets_env: str
+    session: Session, cycle: Cycle, policy: Policy
 ) -> None:
     handler = data_collection.Handler()
     stage = _stage(session, cycle)
@@ -560,8 +565,9 @@ def _participants(session: Session, cycle: Cycle) -> list[str]:
     )
 
 
+@pytest.mark.usefixtures("tickets_env")
 def test_hr_supplies_missing_values_by_csv_and_they_survive_a_rerun(
-    session: Session, cycle: Cycle, policy: Policy, tickets_env: str, tmp_path: Path
+    session: Session, cycle: Cycle, policy: Policy, tmp_path: Path
 ) -> None:
     handler = data_collection.Handler()
     stage = _stage(session, cycle)

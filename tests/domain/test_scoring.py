@@ -43,7 +43,7 @@ def test_linear_deduction_higher_is_better(policy: Policy, value: float, expecte
     assert metric_score(policy, "csat", {"satisfaction": value}) == expected
 
 
-def test_linear_deduction_lower_is_better(policy: Policy) -> None:
+def test_linear_deduction_lower_is_better() -> None:
     data = policy_dict()
     data["indicators"][3]["higher_is_better"] = False
     data["indicators"][3]["rule"] = {
@@ -74,7 +74,7 @@ def test_ratio_lower_is_better(policy: Policy, value: float, expected: float) ->
     assert metric_score(policy, "response", {"first_response_minutes": value}) == expected
 
 
-def test_ratio_higher_is_better(policy: Policy) -> None:
+def test_ratio_higher_is_better() -> None:
     data = policy_dict()
     data["indicators"][0]["rule"] = {"type": "ratio", "target": 80, "cap": 110}
     higher = Policy.model_validate(data)

@@ -233,7 +233,8 @@ def enter_interviews(db_url: str, policy: Policy) -> int:
     return cycle_id
 
 
-def test_the_policy_decides_who_gets_the_mail(db_url: str, frozen: None) -> None:
+@pytest.mark.usefixtures("frozen")
+def test_the_policy_decides_who_gets_the_mail(db_url: str) -> None:
     enter_interviews(db_url, policy_with({"events": {"interview_scheduled": {"to": ["manager"]}}}))
 
     sent = rows(db_url)
@@ -244,7 +245,8 @@ def test_the_policy_decides_who_gets_the_mail(db_url: str, frozen: None) -> None
     assert token_count(db_url) == 2
 
 
-def test_a_disabled_event_sends_nothing_and_makes_no_link(db_url: str, frozen: None) -> None:
+@pytest.mark.usefixtures("frozen")
+def test_a_disabled_event_sends_nothing_and_makes_no_link(db_url: str) -> None:
     policy = policy_with({"events": {"interview_scheduled": {"enabled": False}}})
     cycle_id = enter_interviews(db_url, policy)
 
@@ -259,7 +261,8 @@ def _stage(s: Any) -> StageInstance:
     return s.scalars(select(StageInstance)).one()
 
 
-def test_a_task_mail_says_who_what_by_when_and_links_to_the_task(db_url: str, frozen: None) -> None:
+@pytest.mark.usefixtures("frozen")
+def test_a_task_mail_says_who_what_by_when_and_links_to_the_task(db_url: str) -> None:
     cycle_id = enter_interviews(db_url, policy_with({}))
 
     [mail] = rows(db_url, OutboxMessage.recipient_id == "e1")
@@ -287,7 +290,8 @@ def test_a_task_mail_says_who_what_by_when_and_links_to_the_task(db_url: str, fr
     assert token.expires_at == DUE + LINK_GRACE
 
 
-def test_mailing_lists_come_from_the_settings(db_url: str, frozen: None) -> None:
+@pytest.mark.usefixtures("frozen")
+def test_mailing_lists_come_from_the_settings(db_url: str) -> None:
     policy = policy_with({"events": {"calibration_ready": {"to": ["committee", "hr"]}}})
     cycle_id = interview_cycle(db_url, policy)
     with session_scope(db_url) as s:
@@ -311,7 +315,8 @@ def test_mailing_lists_come_from_the_settings(db_url: str, frozen: None) -> None
     assert all("link" not in m.context and m.context["flags"] == 2 for m in sent)
 
 
-def test_notifying_again_adds_no_mail_and_no_link(db_url: str, frozen: None) -> None:
+@pytest.mark.usefixtures("frozen")
+def test_notifying_again_adds_no_mail_and_no_link(db_url: str) -> None:
     policy = policy_with({})
     cycle_id = interview_cycle(db_url, policy)
 
@@ -404,9 +409,8 @@ def test_a_disabled_task_mail_is_not_sent_in_a_real_cycle(
 
 
 @pytest.mark.postgres
-def test_two_transactions_sending_the_same_mail_leave_one_row_and_one_token(
-    pg_url: str, frozen: None
-) -> None:
+@pytest.mark.usefixtures("frozen")
+def test_two_transactions_sending_the_same_mail_leave_one_row_and_one_token(pg_url: str) -> None:
     """The second writer waits on the first's outbox key, then keeps neither mail nor token."""
     policy = policy_with({})
     cycle_id = interview_cycle(pg_url, policy)

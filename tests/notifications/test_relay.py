@@ -116,8 +116,9 @@ def demo_cycle_at_first_stage(url: str, folder: Path, monkeypatch: pytest.Monkey
 # ---------------------------------------------------------------- what people receive
 
 
+@pytest.mark.usefixtures("clock_at")
 def test_cycle_mail_arrives_rendered_in_the_recipients_language(
-    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock_at: Any
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     demo_cycle_at_first_stage(db_url, tmp_path, monkeypatch)
     queued = rows(db_url)
@@ -155,7 +156,8 @@ def test_cycle_mail_arrives_rendered_in_the_recipients_language(
     assert {r.state for r in rows(db_url)} == {"sent"}
 
 
-def test_the_task_link_is_in_both_parts(db_url: str, port: int, clock_at: Any) -> None:
+@pytest.mark.usefixtures("clock_at")
+def test_the_task_link_is_in_both_parts(db_url: str, port: int) -> None:
     link = "http://127.0.0.1:8700/t/9f2c?cycle=1&task=goals"
     enqueue(db_url, [goals_mail(1, link=link), goals_mail(2, link=link)])
     recorder = Recorder()
@@ -168,8 +170,9 @@ def test_the_task_link_is_in_both_parts(db_url: str, port: int, clock_at: Any) -
         assert f'href="{escape(link)}"' in body(message, "html")
 
 
+@pytest.mark.usefixtures("clock_at")
 def test_a_delivered_row_keeps_no_link_and_the_mailed_link_still_works(
-    db_url: str, port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock_at: Any
+    db_url: str, port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Tokens are stored hashed; once mailed, the outbox must not keep them in clear either."""
     cycle_id = demo_cycle_at_first_stage(db_url, tmp_path, monkeypatch)
@@ -204,7 +207,8 @@ def test_a_delivered_row_keeps_no_link_and_the_mailed_link_still_works(
     assert opened == len(with_links) - 1
 
 
-def test_one_smtp_session_carries_many_messages(db_url: str, port: int, clock_at: Any) -> None:
+@pytest.mark.usefixtures("clock_at")
+def test_one_smtp_session_carries_many_messages(db_url: str, port: int) -> None:
     enqueue(db_url, [goals_mail(n) for n in range(40)])
     recorder = Recorder()
     batches: list[int] = []
@@ -315,7 +319,8 @@ def test_the_relay_speaks_tls_as_configured(
     assert [m["To"] for m in recorder.messages] == ["person1@example.com"]
 
 
-def test_render_processes_deliver_the_same_mail(db_url: str, port: int, clock_at: Any) -> None:
+@pytest.mark.usefixtures("clock_at")
+def test_render_processes_deliver_the_same_mail(db_url: str, port: int) -> None:
     broken = goals_mail(99)
     del broken.context["indicators"]
     enqueue(db_url, [goals_mail(n) for n in range(30)] + [broken])
@@ -579,8 +584,9 @@ def test_a_relay_slowed_by_the_rate_limit_never_sends_what_another_took_over(
     assert {m.state for m in rows(db_url)} == {"sent"}
 
 
+@pytest.mark.usefixtures("clock_at")
 def test_a_relay_stopped_mid_batch_records_what_it_sent_and_hands_back_the_rest(
-    db_url: str, port: int, clock_at: Any
+    db_url: str, port: int
 ) -> None:
     enqueue(db_url, [goals_mail(n) for n in range(3)])
     # 0.1 messages a second: one message per chunk, the rate limit waited for before each.
@@ -627,8 +633,9 @@ def test_a_dead_relays_claim_expires_and_the_mail_is_sent_once(
     assert {r.state for r in rows(db_url)} == {"sent"}
 
 
+@pytest.mark.usefixtures("clock_at")
 def test_a_server_without_8bitmime_gets_7bit_mail_and_no_smtputf8_means_final(
-    db_url: str, port: int, clock_at: Any
+    db_url: str, port: int
 ) -> None:
     enqueue(db_url, [goals_mail(2), goals_mail(4, email="张伟@例子.中国")])  # zh-CN text
     recorder = Recorder(without=frozenset({"8BITMIME", "SMTPUTF8"}))
@@ -685,23 +692,20 @@ def two_relays_send_each_row_once(url: str, port: int) -> None:
     assert set(by_worker) == {"relay-a", "relay-b"}, by_worker
 
 
-def test_two_relays_at_once_on_sqlite_send_each_row_once(
-    db_url: str, port: int, clock_at: Any
-) -> None:
+@pytest.mark.usefixtures("clock_at")
+def test_two_relays_at_once_on_sqlite_send_each_row_once(db_url: str, port: int) -> None:
     two_relays_send_each_row_once(db_url, port)
 
 
 @pytest.mark.postgres
-def test_two_relays_at_once_on_postgresql_send_each_row_once(
-    pg_url: str, port: int, clock_at: Any
-) -> None:
+@pytest.mark.usefixtures("clock_at")
+def test_two_relays_at_once_on_postgresql_send_each_row_once(pg_url: str, port: int) -> None:
     two_relays_send_each_row_once(pg_url, port)
 
 
 @pytest.mark.postgres
-def test_claims_skip_rows_another_transaction_holds_on_postgresql(
-    pg_url: str, clock_at: Any
-) -> None:
+@pytest.mark.usefixtures("clock_at")
+def test_claims_skip_rows_another_transaction_holds_on_postgresql(pg_url: str) -> None:
     enqueue(pg_url, [goals_mail(n) for n in range(6)])
     with session_scope(pg_url) as first:
         held = relay.claim_batch(first, "relay-a", 3, T0)

@@ -396,8 +396,9 @@ def test_plan_owners_without_a_monthly_checkin_are_reminded_once_a_month(
     assert run(monkeypatch, db_url, december + 31 * DAY, send) == 3
 
 
+@pytest.mark.usefixtures("plans")
 def test_no_checkin_reminder_in_the_month_a_plan_was_made(
-    db_url: str, plans: int, monkeypatch: pytest.MonkeyPatch
+    db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert (
         run(monkeypatch, db_url, datetime(2026, 11, 30, 23, 0, tzinfo=UTC), reminders.due_checkins)

@@ -265,9 +265,8 @@ def test_whole_cycle_through_prefect(stack: Stack) -> None:
          "department 'FIN' is professional_support"),
     ],
 )
-def test_bad_launch_fails_the_run_and_creates_nothing(
-    stack: Stack, params: dict[str, Any], message: str
-) -> None:
+@pytest.mark.usefixtures("stack")
+def test_bad_launch_fails_the_run_and_creates_nothing(params: dict[str, Any], message: str) -> None:
     before = table_counts()
     run = run_deployment("review-cycle/launch", parameters=params, timeout=120)
     assert run.state is not None and run.state.is_failed(), run.state
@@ -278,7 +277,8 @@ def test_bad_launch_fails_the_run_and_creates_nothing(
     assert table_counts()["cycles"] == before["cycles"]
 
 
-def test_unknown_policy_is_refused(stack: Stack) -> None:
+@pytest.mark.usefixtures("stack")
+def test_unknown_policy_is_refused() -> None:
     """The UI offers a dropdown; through the API an unknown name is refused outright."""
     before = table_counts()
     try:

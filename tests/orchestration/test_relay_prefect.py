@@ -61,9 +61,8 @@ def add_cycle(url: str) -> int:
         return cycle.id
 
 
-def test_the_flow_sends_everything_throttled_by_its_rate_limit(
-    db_url: str, sink: MailSink, tmp_path: Path
-) -> None:
+@pytest.mark.usefixtures("sink")
+def test_the_flow_sends_everything_throttled_by_its_rate_limit(db_url: str, tmp_path: Path) -> None:
     total = 120
     with session_scope(db_url) as session:
         outbox.enqueue(session, [goals_mail(n) for n in range(total)])
@@ -107,9 +106,8 @@ def relay_runs(deployment_id: UUID) -> int:
     return len(runs)
 
 
-def test_a_stage_step_starts_the_relay_once_per_new_mail_and_never_fails(
-    db_url: str, sink: MailSink
-) -> None:
+@pytest.mark.usefixtures("sink")
+def test_a_stage_step_starts_the_relay_once_per_new_mail_and_never_fails(db_url: str) -> None:
     cycle_id = add_cycle(db_url)
     with session_scope(db_url) as session:
         outbox.enqueue(session, [replace(goals_mail(1), cycle_id=cycle_id)])

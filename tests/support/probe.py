@@ -124,7 +124,7 @@ def probe_refuse(request: Request, session: SessionDep, viewer: ViewerDep) -> No
 
 @probe.post("/_probe/fails-at-commit/{cycle_id}")
 def probe_fails_at_commit(
-    request: Request, cycle_id: int, session: SessionDep, viewer: ViewerDep, form: CsrfForm
+    request: Request, cycle_id: int, session: SessionDep, _viewer: ViewerDep, _form: CsrfForm
 ) -> dict[str, str]:
     """Uses the link up and answers "done", but the transaction cannot commit (duplicate id)."""
     consume_task_token(session, request, "evaluation", cycle_id)

@@ -270,7 +270,8 @@ def test_require_roles_rejects_unknown_role_names() -> None:
         require_roles("hr")
 
 
-def test_roles_cli_grants_revokes_and_lists_with_audit(db_url: str, org: int) -> None:
+@pytest.mark.usefixtures("org")
+def test_roles_cli_grants_revokes_and_lists_with_audit(db_url: str) -> None:
     with session_scope(db_url) as s:
         assert roles_cli.grant_role(s, "hr1", "auditor", actor="admin") is True
         assert roles_cli.grant_role(s, "hr1", "auditor", actor="admin") is False
@@ -293,8 +294,9 @@ def test_roles_cli_grants_revokes_and_lists_with_audit(db_url: str, org: int) ->
     ("person", "role", "field"),
     [("nobody", "auditor", "PERSON"), ("hr1", "employee", "ROLE"), ("a@b", "auditor", "PERSON")],
 )
+@pytest.mark.usefixtures("org")
 def test_roles_cli_refuses_bad_input_and_changes_nothing(
-    db_url: str, org: int, person: str, role: str, field: str
+    db_url: str, person: str, role: str, field: str
 ) -> None:
     before = table_rows(db_url)
     with session_scope(db_url) as s, pytest.raises(InvalidInput) as info:
@@ -386,9 +388,8 @@ def ask_for_link(client: TestClient, email: str, path: str = "/auth/new-link") -
 
 
 @pytest.mark.parametrize("path", ["/auth/new-link", "/auth/sign-in"])
-def test_asking_for_a_link_mails_exactly_one_that_signs_in(
-    db_url: str, org: int, path: str
-) -> None:
+@pytest.mark.usefixtures("org")
+def test_asking_for_a_link_mails_exactly_one_that_signs_in(db_url: str, path: str) -> None:
     client = portal(db_url)
 
     response = ask_for_link(client, "  AMY@example.COM ", path)
@@ -415,7 +416,8 @@ def test_asking_for_a_link_mails_exactly_one_that_signs_in(
     assert fresh.get("/_probe/me").json()["person"] == "amy"
 
 
-def test_asking_for_a_link_reveals_nothing_about_unknown_addresses(db_url: str, org: int) -> None:
+@pytest.mark.usefixtures("org")
+def test_asking_for_a_link_reveals_nothing_about_unknown_addresses(db_url: str) -> None:
     known = ask_for_link(portal(db_url), "bo@example.com")
     before = table_rows(db_url)
 
@@ -427,8 +429,9 @@ def test_asking_for_a_link_reveals_nothing_about_unknown_addresses(db_url: str, 
     assert table_rows(db_url) == before
 
 
+@pytest.mark.usefixtures("org")
 def test_asking_for_links_is_rate_limited_per_address(
-    db_url: str, org: int, monkeypatch: pytest.MonkeyPatch
+    db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = portal(db_url)
     for _ in range(5):
@@ -442,7 +445,8 @@ def test_asking_for_links_is_rate_limited_per_address(
     assert len(outbox_rows(db_url)) == 5
 
 
-def test_a_malformed_address_is_said_so_and_changes_nothing(db_url: str, org: int) -> None:
+@pytest.mark.usefixtures("org")
+def test_a_malformed_address_is_said_so_and_changes_nothing(db_url: str) -> None:
     before = table_rows(db_url)
     response = ask_for_link(portal(db_url), "not an address")
     assert response.status_code == 422

@@ -334,9 +334,7 @@ def test_paper_forms_of_the_superior_rate_the_personal_goals_too(
 # ---------------------------------------------------------------- results
 
 
-def test_results_after_submission_include_the_personal_goals(
-    setup: Setup, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_results_after_submission_include_the_personal_goals(setup: Setup) -> None:
     mine = assignment_of(setup.url, setup.cycle_id, setup.employee, "superior")
     boss = signed_in(setup.url, setup.manager, setup.cycle_id, "evaluation", "evaluation:1")
     token = csrf_of(boss.get(f"/evaluations/{mine.id}").text)

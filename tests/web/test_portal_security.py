@@ -256,7 +256,8 @@ def test_an_employee_cannot_open_hr_or_auditor_views(db_url: str, org: int, path
 
 
 @pytest.mark.parametrize("path", ["/hr/cycles", "/audit", "/me", "/_probe/me"])
-def test_nobody_signed_in_gets_401(db_url: str, org: int, path: str) -> None:
+@pytest.mark.usefixtures("org")
+def test_nobody_signed_in_gets_401(db_url: str, path: str) -> None:
     assert refused(db_url, portal(db_url), "GET", path).startswith("401 ")
 
 

@@ -364,7 +364,8 @@ def test_raters_are_fixed_once_drawn_and_late_participants_get_theirs(db_url: st
     ]
 
 
-def test_enter_is_deterministic_across_databases(tmp_path: Path, db_url: str, entered: int):
+@pytest.mark.usefixtures("entered")
+def test_enter_is_deterministic_across_databases(tmp_path: Path, db_url: str):
     from perfcycle.core.db import get_engine
     from perfcycle.domain.models import Base
 
@@ -407,7 +408,8 @@ def test_small_pools_give_what_exists_and_raters_come_from_outside_the_scope(
 # ---------------------------------------------------------------- submit_evaluation()
 
 
-def test_submit_records_scores_and_closes_the_assignment(db_url: str, entered: int):
+@pytest.mark.usefixtures("entered")
+def test_submit_records_scores_and_closes_the_assignment(db_url: str):
     aid = assignment_id(db_url, "S04", "S04", "self")
 
     submit(
@@ -475,8 +477,9 @@ def test_items_follow_the_rater_type():
         ),
     ],
 )
+@pytest.mark.usefixtures("entered")
 def test_submit_rejects_bad_answers_and_writes_nothing(
-    db_url: str, entered: int, answers: dict[str, tuple[Any, str]], expected: list[tuple[str, str]]
+    db_url: str, answers: dict[str, tuple[Any, str]], expected: list[tuple[str, str]]
 ):
     aid = assignment_id(db_url, "S02", "S04", "superior")
     before = snapshot(db_url)
@@ -488,7 +491,8 @@ def test_submit_rejects_bad_answers_and_writes_nothing(
     assert snapshot(db_url) == before
 
 
-def test_submit_rejects_unknown_submitted_and_expired_assignments(db_url: str, entered: int):
+@pytest.mark.usefixtures("entered")
+def test_submit_rejects_unknown_submitted_and_expired_assignments(db_url: str):
     done = assignment_id(db_url, "S04", "S04", "self")
     submit(db_url, done, answers_for("self"))
     late = assignment_id(db_url, "S05", "S05", "self")

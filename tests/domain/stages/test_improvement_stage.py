@@ -95,7 +95,8 @@ def test_enter_creates_plans_for_the_policy_grades_owned_by_the_manager(db_url: 
     assert event.after is not None and event.after["employees"] == ["boss", "e1", "e2"]
 
 
-def test_enter_mails_employee_and_owner_per_plan(db_url: str, cycle_id: int) -> None:
+@pytest.mark.usefixtures("cycle_id")
+def test_enter_mails_employee_and_owner_per_plan(db_url: str) -> None:
     mails = outbox(db_url, "improvement_plan_created")
     sent = sorted(
         (m.recipient_id or m.recipient_email, m.context["role"], m.context["employee_id"])
@@ -137,7 +138,8 @@ def test_no_plans_means_the_stage_is_complete_at_once(db_url: str) -> None:
     assert progress == Progress(0, 0) and progress.complete
 
 
-def test_owner_and_employee_update_the_plan(db_url: str, cycle_id: int) -> None:
+@pytest.mark.usefixtures("cycle_id")
+def test_owner_and_employee_update_the_plan(db_url: str) -> None:
     pid = plan_of(db_url, "e1").id
     with session_scope(db_url) as s:
         improvement.update_plan(
@@ -170,7 +172,8 @@ def test_owner_and_employee_update_the_plan(db_url: str, cycle_id: int) -> None:
     assert events[1].before is not None and events[1].before["goal"] == "Satisfaction back to 90"
 
 
-def test_update_plan_rejections_name_the_field(db_url: str, cycle_id: int) -> None:
+@pytest.mark.usefixtures("cycle_id")
+def test_update_plan_rejections_name_the_field(db_url: str) -> None:
     pid = plan_of(db_url, "e1").id
 
     def update(actor: str = "m1", goal: str = "g", actions: Any = ()) -> Callable[[Session], Any]:
@@ -206,7 +209,8 @@ def test_update_plan_rejections_name_the_field(db_url: str, cycle_id: int) -> No
     assert "2027-03-01 is after the plan's deadline 2027-02-28" in message
 
 
-def test_checkins_one_per_month_the_second_replaces_the_first(db_url: str, cycle_id: int) -> None:
+@pytest.mark.usefixtures("cycle_id")
+def test_checkins_one_per_month_the_second_replaces_the_first(db_url: str) -> None:
     pid = plan_of(db_url, "e1").id
     with session_scope(db_url) as s:
         improvement.record_checkin(
@@ -227,7 +231,8 @@ def test_checkins_one_per_month_the_second_replaces_the_first(db_url: str, cycle
     assert len(audit_events(db_url, "improvement.checkin_recorded")) == 2
 
 
-def test_checkin_rejections_name_the_field(db_url: str, cycle_id: int) -> None:
+@pytest.mark.usefixtures("cycle_id")
+def test_checkin_rejections_name_the_field(db_url: str) -> None:
     pid = plan_of(db_url, "e1").id
 
     def checkin(month: str = "2026-12", progress: Any = 50, actor: str = "e1") -> Any:
@@ -246,7 +251,8 @@ def test_checkin_rejections_name_the_field(db_url: str, cycle_id: int) -> None:
     assert_rejected(db_url, checkin(actor="e2", progress=200), "actor", "progress")
 
 
-def test_owner_closes_the_plan_with_the_verified_effect(db_url: str, cycle_id: int) -> None:
+@pytest.mark.usefixtures("cycle_id")
+def test_owner_closes_the_plan_with_the_verified_effect(db_url: str) -> None:
     pid = plan_of(db_url, "e2").id
 
     def close(actor: str = "m1", effect: Any = True, outcome: str = "done") -> Any:

@@ -123,8 +123,9 @@ def test_manager_records_the_interview(db_url: str, cycle_id: int) -> None:
     assert (mail.recipient_id, mail.context["interview_id"]) == ("e1", iid)
 
 
+@pytest.mark.usefixtures("cycle_id")
 def test_manager_may_correct_a_held_interview_until_acknowledged(
-    db_url: str, cycle_id: int, monkeypatch: pytest.MonkeyPatch
+    db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     iid = interview_of(db_url, "e1").id
     with session_scope(db_url) as s:
@@ -144,7 +145,8 @@ def test_manager_may_correct_a_held_interview_until_acknowledged(
     assert len(outbox(db_url, "interview_recorded")) == 1
 
 
-def test_record_rejects_wrong_actor_and_missing_summary(db_url: str, cycle_id: int) -> None:
+@pytest.mark.usefixtures("cycle_id")
+def test_record_rejects_wrong_actor_and_missing_summary(db_url: str) -> None:
     iid = interview_of(db_url, "e1").id
 
     def record(actor: str, summary: str) -> Callable[[Session], object]:
@@ -166,7 +168,8 @@ def test_record_rejects_wrong_actor_and_missing_summary(db_url: str, cycle_id: i
     )
 
 
-def test_employee_acknowledges_a_held_interview(db_url: str, cycle_id: int) -> None:
+@pytest.mark.usefixtures("cycle_id")
+def test_employee_acknowledges_a_held_interview(db_url: str) -> None:
     iid = interview_of(db_url, "e2").id
 
     def acknowledge(actor: str) -> Callable[[Session], object]:
