@@ -319,7 +319,7 @@ def test_every_mail_of_a_whole_cycle_renders_in_both_languages(
 # Shaped as perfcycle.notifications.reminders writes them (the whole-cycle test renders the real
 # ones); these
 # pin down the wording, with two cycles in one digest.
-REMINDER = {
+REMINDER: dict[str, Any] = {
     "name": "王伟",
     "role": "rater",
     "count": 2,
@@ -347,7 +347,7 @@ REMINDER = {
         },
     ],
 }
-ESCALATION = {
+ESCALATION: dict[str, Any] = {
     "name": "李娜",
     "role": "manager",
     "cycle_id": 7,
@@ -363,7 +363,7 @@ ESCALATION = {
     ],
     "link": "http://portal.test/t/CCC-3",
 }
-CHECKIN = {
+CHECKIN: dict[str, Any] = {
     "name": "李娜",
     "role": "owner",
     "cycle_id": 7,

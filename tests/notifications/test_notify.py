@@ -417,7 +417,8 @@ def test_two_transactions_sending_the_same_mail_leave_one_row_and_one_token(pg_u
     recipient = Recipient(
         Role.employee, "e1@example.com", "en", "E1", "e1", link=TaskLink("goals", "t:1")
     )
-    first_wrote, added = threading.Event(), {}
+    first_wrote = threading.Event()
+    added: dict[str, int] = {}
 
     def send(who: str) -> None:
         with session_scope(pg_url) as s:
@@ -427,7 +428,11 @@ def test_two_transactions_sending_the_same_mail_leave_one_row_and_one_token(pg_u
                 first_wrote.set()
                 time.sleep(0.5)  # the second is now blocked on our uncommitted key
 
-    second = threading.Thread(target=lambda: (first_wrote.wait(10), send("second")))
+    def send_second() -> None:
+        first_wrote.wait(10)
+        send("second")
+
+    second = threading.Thread(target=send_second)
     second.start()
     send("first")
     second.join(30)

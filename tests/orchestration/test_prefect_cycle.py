@@ -22,6 +22,7 @@ from prefect.client.schemas.filters import (
     LogFilter,
     LogFilterFlowRunId,
 )
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -112,8 +113,15 @@ def act(cycle_id: int) -> dict[str, Any] | None:
         return Player(log=lambda _m: None).act(session, engine.get_cycle(session, cycle_id))
 
 
+def run_to_end(name: str, parameters: dict[str, Any] | None = None) -> FlowRun:
+    """A run of the deployment, waited for up to two minutes."""
+    run = run_deployment(name, parameters=parameters, timeout=120)
+    assert isinstance(run, FlowRun)  # called outside an event loop, it is the run itself
+    return run
+
+
 def run_clock() -> None:
-    run = run_deployment(CLOCK_DEPLOYMENT, timeout=120)
+    run = run_to_end(CLOCK_DEPLOYMENT)
     assert run.state is not None and run.state.is_completed(), run.state
 
 
@@ -268,7 +276,7 @@ def test_whole_cycle_through_prefect(stack: Stack) -> None:
 @pytest.mark.usefixtures("stack")
 def test_bad_launch_fails_the_run_and_creates_nothing(params: dict[str, Any], message: str) -> None:
     before = table_counts()
-    run = run_deployment("review-cycle/launch", parameters=params, timeout=120)
+    run = run_to_end("review-cycle/launch", params)
     assert run.state is not None and run.state.is_failed(), run.state
     with get_client(sync_client=True) as client:
         logs = client.read_logs(
@@ -282,9 +290,7 @@ def test_unknown_policy_is_refused() -> None:
     """The UI offers a dropdown; through the API an unknown name is refused outright."""
     before = table_counts()
     try:
-        run = run_deployment("review-cycle/launch",
-                             parameters={"policy": "no-such-policy", "period": PERIOD},
-                             timeout=120)
+        run = run_to_end("review-cycle/launch", {"policy": "no-such-policy", "period": PERIOD})
     except Exception as exc:  # the server rejects parameters outside the schema's enum
         assert "no-such-policy" in str(exc) or "enum" in str(exc).lower()
     else:

@@ -901,8 +901,10 @@ def test_hr_sees_the_cycles_undelivered_mail_with_the_reply_and_sends_it_again(
     before = states()
     # Another cycle's (here: no cycle's) mail, a delivered mail, nothing chosen, a forged id:
     # refused, and nothing changes.
-    for ids, status_code in [([theirs, visitor], 422), ([theirs, sent], 422), ([], 422),
-                             (["x"], 400)]:
+    attempts: list[tuple[list[int | str], int]] = [
+        ([theirs, visitor], 422), ([theirs, sent], 422), ([], 422), (["x"], 400)
+    ]
+    for ids, status_code in attempts:
         response = hr.post(
             f"/hr/cycles/{cycle}/mail/retry",
             data={"csrf_token": token, "message": [str(i) for i in ids]},
