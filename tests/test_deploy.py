@@ -21,6 +21,7 @@ import prefect
 import pytest
 import yaml
 from prefect.cli.deploy._models import PrefectYamlModel
+from prefect.client.schemas.schedules import IntervalSchedule
 from prefect.deployments.runner import RunnerDeployment
 from prefect.flows import Flow, load_flow_from_entrypoint
 from prefect.settings import Settings as PrefectSettings
@@ -198,7 +199,10 @@ def test_prefect_yaml_declares_exactly_the_served_deployments(
         assert deployment["description"] == runner.description, name
         assert deployment["tags"] == runner.tags, name
         intervals = [timedelta(seconds=s["interval"]) for s in deployment["schedules"]]
-        assert intervals == [s.schedule.interval for s in runner.schedules], name  # type: ignore[union-attr]
+        schedules = [s.schedule for s in runner.schedules or []]
+        assert intervals == [
+            s.interval if isinstance(s, IntervalSchedule) else s for s in schedules
+        ], name
         assert deployment["work_pool"]["name"] == "perfcycle", name
 
 

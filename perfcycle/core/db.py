@@ -39,8 +39,10 @@ class UTCDateTime(TypeDecorator[datetime]):
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
-    # SQLAlchemy's TypeDecorator hook: stored values come back the same way on every dialect.
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:  # noqa: ARG002
+    def process_result_value(
+        # SQLAlchemy's TypeDecorator hook: stored values come back the same way on every dialect.
+        self, value: datetime | None, dialect: Any  # noqa: ARG002
+    ) -> datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

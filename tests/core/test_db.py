@@ -10,7 +10,7 @@ given.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import Table, case, event, select
@@ -19,8 +19,8 @@ from sqlalchemy.exc import StatementError
 from perfcycle.core.db import COPY_MIN_ROWS, get_engine, insert_ignore, session_scope, upsert
 from perfcycle.domain.models import Cycle, OutboxMessage
 
-OUTBOX: Table = OutboxMessage.__table__  # type: ignore[assignment]
-CYCLES: Table = Cycle.__table__  # type: ignore[assignment]
+OUTBOX = cast(Table, OutboxMessage.__table__)
+CYCLES = cast(Table, Cycle.__table__)
 BEIJING = timezone(timedelta(hours=8))
 T0 = datetime(2026, 10, 1, 9, 30, tzinfo=BEIJING)
 ROWS = 3000

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from perfcycle.core.db import session_scope
 from perfcycle.core.errors import InvalidInput
 from perfcycle.core.settings import REPO_ROOT, get_settings
-from perfcycle.domain.models import Cycle, StageInstance
+from perfcycle.domain.models import Cycle, StageInstance, StageName
 from perfcycle.domain.policy.loader import PolicyError, load_policy
 from perfcycle.domain.policy.snapshot import (
     SNAPSHOT_VERSION,
@@ -56,7 +56,7 @@ def test_version_1_reads_as_today_s_policy_with_reminder_days_furthest_first() -
 
     assert policy.notifications.reminders.days_before == [3, 1]
     assert policy.notifications.reminder_days("evaluation") == [5, 3, 1]
-    evaluation = policy.notifications.stages["evaluation"].reminders  # type: ignore[index]
+    evaluation = policy.notifications.stages[StageName.evaluation].reminders
     assert evaluation is not None and evaluation.days_before == [5, 3, 1]
     assert policy.grade_ids() == ["A", "B", "C", "D", "E"]
     assert stored == v1_snapshot(), "reading must not change the stored dict"

@@ -63,7 +63,8 @@ def test_two_links_for_the_same_task_are_different(db_url: str, cycle_id: int) -
     first, second = issue(db_url, cycle_id), issue(db_url, cycle_id)
 
     assert first != second
-    assert resolve(db_url, first).id != resolve(db_url, second).id  # type: ignore[union-attr]
+    one, other = resolve(db_url, first), resolve(db_url, second)
+    assert one is not None and other is not None and one.id != other.id
 
 
 def test_resolve_finds_the_task_until_the_link_expires(db_url: str, cycle_id: int) -> None:
@@ -125,7 +126,8 @@ def test_a_link_that_expired_after_it_was_opened_cannot_be_used(db_url: str, cyc
         links.consume(s, row, EXPIRES)
 
     assert "this link expired at" in str(info.value)
-    assert resolve(db_url, url, NOW) is not None and resolve(db_url, url).used_at is None  # type: ignore[union-attr]
+    stored = resolve(db_url, url, NOW)
+    assert stored is not None and stored.used_at is None
 
 
 def test_a_bad_link_request_says_what_is_wrong_and_writes_nothing(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -28,10 +29,10 @@ from tests.support.probe import (
 )
 
 
-def refused(db_url: str, client: TestClient, method: str, path: str, **kwargs: object) -> str:
+def refused(db_url: str, client: TestClient, method: str, path: str, **kwargs: Any) -> str:
     """Send the request; returns the page after checking the database did not change."""
     before = table_rows(db_url)
-    response = client.request(method, path, **kwargs)  # type: ignore[arg-type]
+    response = client.request(method, path, **kwargs)
     assert table_rows(db_url) == before, f"{method} {path} changed the database"
     assert "<html" in response.text, "a refusal is a page, not JSON"
     return f"{response.status_code} {response.text}"
