@@ -9,7 +9,7 @@ the top as a worker would, until the cycle is complete.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -51,8 +51,11 @@ def demo_db(db_url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iter
 
 def start_run() -> UUID:
     """A flow run of the deployment, as HR's "Custom run" creates it."""
-    deployment = cast(RunnerDeployment, review_cycle.to_deployment(name="launch"))
+    # Called outside an event loop, Prefect's dual sync/async methods return their result.
+    deployment = review_cycle.to_deployment(name="launch")
+    assert isinstance(deployment, RunnerDeployment)
     deployment_id = deployment.apply()
+    assert isinstance(deployment_id, UUID)
     with get_client(sync_client=True) as client:
         run = client.create_flow_run_from_deployment(deployment_id, parameters=PARAMETERS)
     return run.id

@@ -23,7 +23,6 @@ from perfcycle.domain.models import (
     StageInstance,
     StageName,
 )
-from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.notifications.reminders import describe, open_people_stages
 
@@ -151,11 +150,11 @@ def hr_progress(session: Session, cycle: Cycle, now: datetime, locale: str) -> H
                 by_department,
             )
         )
-    return HrProgress(cycle, stages, overdue_tasks(session, cycle, policy, now, locale))
+    return HrProgress(cycle, stages, overdue_tasks(session, cycle, now, locale))
 
 
 def overdue_tasks(
-    session: Session, cycle: Cycle, policy: Policy, now: datetime, locale: str
+    session: Session, cycle: Cycle, now: datetime, locale: str
 ) -> list[OverdueTask]:
     """Unfinished personal tasks of open stages whose deadline has passed."""
     if cycle.state != "running":
