@@ -92,3 +92,13 @@ def pg_url(pg_template: str) -> Iterator[str]:
     """A fresh PostgreSQL database with the schema from the migrations."""
     with databases.pg_database(template=pg_template) as url:
         yield url
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that drive a real Prefect server share one xdist worker (they start servers and
+    flow-run processes of their own) and start first: they wait on processes more than they
+    compute, so the other worker runs the rest of the suite beside them."""
+    prefect = [item for item in items if item.get_closest_marker("prefect")]
+    for item in prefect:
+        item.add_marker(pytest.mark.xdist_group("prefect"))
+    items[:] = prefect + [item for item in items if not item.get_closest_marker("prefect")]
