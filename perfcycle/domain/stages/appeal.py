@@ -29,12 +29,26 @@ from perfcycle.domain.models import (
 from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.policy.snapshot import cycle_policy_or_none
 from perfcycle.domain.stages import base
-from perfcycle.domain.stages.base import PendingTask, Progress, StageContext, close_unfinished
+from perfcycle.domain.stages.base import (
+    PendingTask,
+    Progress,
+    RecordKind,
+    StageContext,
+    close_unfinished,
+    state_problems,
+)
 from perfcycle.notifications.events import Role
 from perfcycle.notifications.notify import Recipient, TaskLink, notify, stage_of
 
 STATES = ("open", "accepted", "filed", "decided", "lapsed")
 OUTCOMES = ("upheld", "adjusted", "re_evaluated")
+APPEAL = RecordKind(
+    Appeal,
+    noun="appeal",
+    subject="appeal",
+    id_field="appeal_id",
+    fields=("state", "reason", "filed_at", "outcome", "decision_note", "decided_by"),
+)
 
 
 class Handler:
@@ -144,31 +158,19 @@ def _window_recipients(session: Session, stage: StageInstance) -> list[Recipient
 # ---------------------------------------------------------------- services
 
 
-def accept_results(
-    session: Session, cycle_id: int, employee_id: str, *, actor: Actor
-) -> Appeal:
+def accept_results(session: Session, cycle_id: int, employee_id: str, *, actor: Actor) -> Appeal:
     """The employee says they will not appeal."""
     appeal = _get_appeal_of(session, cycle_id, employee_id)
     accepting_work(session, cycle_id, StageName.appeal)
-    problems = access.refusals(access.appellant_refusal(actor, appeal))
-    if appeal.state != "open":
-        problems.append(
-            Problem(f"the results were already answered ({appeal.state})", field="state")
-        )
+    problems = access.refusals(access.appellant_refusal(actor, appeal)) + _unanswered(appeal)
     access.raise_problems(problems)
-
-    before = _snapshot(appeal)
-    appeal.state = "accepted"
-    audit.record(
+    return APPEAL.transition(
         session,
+        appeal,
         actor=actor.name,
         action="appeal.results_accepted",
-        subject=f"appeal:{appeal.id}",
-        cycle_id=appeal.cycle_id,
-        before=before,
-        after=_snapshot(appeal),
+        changes={"state": "accepted"},
     )
-    return appeal
 
 
 def file_appeal(
@@ -177,27 +179,17 @@ def file_appeal(
     """The employee appeals to the supervision committee, within the window."""
     appeal = _get_appeal_of(session, cycle_id, employee_id)
     accepting_work(session, cycle_id, StageName.appeal)
-    problems = access.refusals(access.appellant_refusal(actor, appeal))
-    if appeal.state != "open":
-        problems.append(
-            Problem(f"the results were already answered ({appeal.state})", field="state")
-        )
+    problems = access.refusals(access.appellant_refusal(actor, appeal)) + _unanswered(appeal)
     if not isinstance(reason, str) or not reason.strip():
         problems.append(Problem("a reason for the appeal is required", field="reason"))
     access.raise_problems(problems)
 
-    before = _snapshot(appeal)
-    appeal.state = "filed"
-    appeal.reason = reason.strip()
-    appeal.filed_at = clock.now()
-    audit.record(
+    APPEAL.transition(
         session,
+        appeal,
         actor=actor.name,
         action="appeal.filed",
-        subject=f"appeal:{appeal.id}",
-        cycle_id=appeal.cycle_id,
-        before=before,
-        after=_snapshot(appeal),
+        changes={"state": "filed", "reason": reason.strip(), "filed_at": clock.now()},
     )
     _notify_received(session, appeal)
     return appeal
@@ -220,9 +212,7 @@ def decide_appeal(
     No deadline applies: an appeal filed in time stays with the committee after the window
     closes (close() lapses only the unanswered).
     """
-    appeal = session.get(Appeal, appeal_id)
-    if appeal is None:
-        raise InvalidInput([Problem(f"no appeal {appeal_id}", field="appeal_id")])
+    appeal = APPEAL.get(session, appeal_id)
     result = session.scalar(
         select(Result).where(
             Result.cycle_id == appeal.cycle_id, Result.employee_id == appeal.employee_id
@@ -232,25 +222,28 @@ def decide_appeal(
     problems += _check_decision(appeal, outcome, note, new_grade, policy, result)
     access.raise_problems(problems)
 
-    before = _snapshot(appeal)
-    appeal.state = "decided"
-    appeal.outcome = outcome
-    appeal.decision_note = note.strip()
-    appeal.decided_by = actor.name
-    appeal.decided_at = clock.now()
-    audit.record(
+    APPEAL.transition(
         session,
+        appeal,
         actor=actor.name,
         action="appeal.decided",
-        subject=f"appeal:{appeal.id}",
-        cycle_id=appeal.cycle_id,
-        before=before,
-        after={**_snapshot(appeal), "new_grade": new_grade},
+        changes={
+            "state": "decided",
+            "outcome": outcome,
+            "decision_note": note.strip(),
+            "decided_by": actor.name,
+            "decided_at": clock.now(),
+        },
+        noted={"new_grade": new_grade},
     )
     if outcome == "adjusted" and result is not None and new_grade is not None:
         _adjust_grade(session, result, new_grade, actor, appeal.id)
     _notify_decided(session, appeal, result)
     return appeal
+
+
+def _unanswered(appeal: Appeal) -> list[Problem]:
+    return state_problems(appeal.state, ("open",), "the results were already answered ({state})")
 
 
 def _adjust_grade(
@@ -293,13 +286,9 @@ def _check_decision(
     policy: Policy,
     result: Result | None,
 ) -> list[Problem]:
-    problems: list[Problem] = []
-    if appeal.state != "filed":
-        problems.append(
-            Problem(
-                f"the appeal is {appeal.state}; only a filed appeal can be decided", field="state"
-            )
-        )
+    problems = state_problems(
+        appeal.state, ("filed",), "the appeal is {state}; only a filed appeal can be decided"
+    )
     if outcome not in OUTCOMES:
         problems.append(
             Problem(f"must be one of {', '.join(OUTCOMES)}, got {outcome!r}", field="outcome")
@@ -329,17 +318,6 @@ def _check_decision(
             Problem(f"the grade already is {new_grade}; use outcome upheld", field="new_grade")
         )
     return problems
-
-
-def _snapshot(appeal: Appeal) -> dict[str, Any]:
-    return {
-        "state": appeal.state,
-        "reason": appeal.reason,
-        "filed_at": appeal.filed_at.isoformat() if appeal.filed_at else None,
-        "outcome": appeal.outcome,
-        "decision_note": appeal.decision_note,
-        "decided_by": appeal.decided_by,
-    }
 
 
 def _notify_received(session: Session, appeal: Appeal) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from datetime import date
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from perfcycle.core.errors import InvalidInput, Problem
 from perfcycle.domain import audit
 from perfcycle.domain.models import Appeal, Cycle, ImprovementPlan, Interview, StageInstance
 from perfcycle.domain.policy.schema import Policy
@@ -87,6 +89,70 @@ class StageHandler(Protocol):
 
 # Stages whose records are one row per employee with a `state` (interview, plan, appeal).
 PerEmployeeRecord = type[Interview] | type[ImprovementPlan] | type[Appeal]
+R = TypeVar("R", Interview, ImprovementPlan, Appeal)
+
+
+@dataclass(frozen=True)
+class RecordKind(Generic[R]):
+    """How one kind of per-employee record is found, checked and moved from state to state,
+    so that every service changing one audits the same before/after for it."""
+
+    model: type[R]
+    noun: str  # as problems name it: "no improvement plan 7"
+    subject: str  # the audit subject's prefix: "improvement_plan:7"
+    id_field: str  # the problem's field when the id names no record
+    fields: tuple[str, ...]  # what its audit events show before and after a change
+
+    def get(self, session: Session, record_id: int) -> R:
+        record = session.get(self.model, record_id)
+        if record is None:
+            raise InvalidInput([Problem(f"no {self.noun} {record_id}", field=self.id_field)])
+        return record
+
+    def snapshot(self, record: R) -> dict[str, Any]:
+        return {name: _plain(getattr(record, name)) for name in self.fields}
+
+    def transition(
+        self,
+        session: Session,
+        record: R,
+        *,
+        actor: str,
+        action: str,
+        changes: Mapping[str, Any],
+        noted: Mapping[str, Any] | None = None,
+    ) -> R:
+        """Set `changes` on the record and audit it, before and after (plus `noted`)."""
+        before = self.snapshot(record)
+        for name, value in changes.items():
+            setattr(record, name, value)
+        audit.record(
+            session,
+            actor=actor,
+            action=action,
+            subject=f"{self.subject}:{record.id}",
+            cycle_id=record.cycle_id,
+            before=before,
+            after={**self.snapshot(record), **(noted or {})},
+        )
+        return record
+
+
+def state_problems(state: str, allowed: Collection[str], message: str) -> list[Problem]:
+    """The refusal of a record whose `state` is not one of `allowed`; `message` may name
+    the {state}."""
+    if state in allowed:
+        return []
+    return [Problem(message.format(state=state), field="state")]
+
+
+def _plain(value: Any) -> Any:
+    """A column's value as an audit event stores it (JSON)."""
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, list):
+        return list(value)
+    return value
 
 
 def count_by_state(

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, aliased
 
 from perfcycle.core import clock
 from perfcycle.core.db import insert_ignore
-from perfcycle.core.errors import InvalidInput, Problem
+from perfcycle.core.errors import Problem
 from perfcycle.domain import access, audit
 from perfcycle.domain.access import Actor
 from perfcycle.domain.models import (
@@ -32,7 +32,14 @@ from perfcycle.domain.models import (
 from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.policy.snapshot import cycle_policy_or_none
 from perfcycle.domain.stages import base
-from perfcycle.domain.stages.base import PendingTask, Progress, StageContext, close_unfinished
+from perfcycle.domain.stages.base import (
+    PendingTask,
+    Progress,
+    RecordKind,
+    StageContext,
+    close_unfinished,
+    state_problems,
+)
 from perfcycle.notifications.events import Role
 from perfcycle.notifications.notify import Recipient, TaskLink, hr_standing_in, notify
 
@@ -40,6 +47,13 @@ STATES = ("open", "closed", "lapsed")
 WEAKEST_COUNT = 2
 MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 ACTION_KEYS = {"action", "due"}
+PLAN = RecordKind(
+    ImprovementPlan,
+    noun="improvement plan",
+    subject="improvement_plan",
+    id_field="plan_id",
+    fields=("state", "goal", "actions", "effect_verified", "outcome", "closed_at"),
+)
 
 
 class Handler:
@@ -229,7 +243,7 @@ def update_plan(
     session: Session, plan_id: int, *, goal: str, actions: list[dict[str, Any]], actor: Actor
 ) -> ImprovementPlan:
     """Owner or employee write down the agreed goal and the actions (each with a due date)."""
-    plan = _get_plan(session, plan_id)
+    plan = PLAN.get(session, plan_id)
     problems = access.refusals(access.plan_party_refusal(actor, plan)) + _state_problems(plan)
     if not isinstance(goal, str) or not goal.strip():
         problems.append(Problem("a goal is required", field="goal"))
@@ -237,26 +251,20 @@ def update_plan(
     problems += action_problems
     access.raise_problems(problems)
 
-    before = _snapshot(plan)
-    plan.goal = goal.strip()
-    plan.actions = clean_actions
-    audit.record(
+    return PLAN.transition(
         session,
+        plan,
         actor=actor.name,
         action="improvement.plan_updated",
-        subject=f"improvement_plan:{plan.id}",
-        cycle_id=plan.cycle_id,
-        before=before,
-        after=_snapshot(plan),
+        changes={"goal": goal.strip(), "actions": clean_actions},
     )
-    return plan
 
 
 def record_checkin(
     session: Session, plan_id: int, *, month: str, progress: int, note: str, actor: Actor
 ) -> PlanCheckin:
     """The monthly follow-up; a second check-in for the same month replaces the first."""
-    plan = _get_plan(session, plan_id)
+    plan = PLAN.get(session, plan_id)
     problems = access.refusals(access.plan_party_refusal(actor, plan)) + _state_problems(plan)
     problems += _check_month(session, plan, month)
     if isinstance(progress, bool) or not isinstance(progress, int) or not 0 <= progress <= 100:
@@ -295,7 +303,7 @@ def close_plan(
     session: Session, plan_id: int, *, effect_verified: bool, outcome: str, actor: Actor
 ) -> ImprovementPlan:
     """The owner closes the plan, saying whether its effect was verified and what came of it."""
-    plan = _get_plan(session, plan_id)
+    plan = PLAN.get(session, plan_id)
     problems = access.refusals(access.plan_owner_refusal(actor, plan)) + _state_problems(plan)
     if not isinstance(effect_verified, bool):
         problems.append(
@@ -305,36 +313,27 @@ def close_plan(
         problems.append(Problem("an outcome is required", field="outcome"))
     access.raise_problems(problems)
 
-    before = _snapshot(plan)
-    plan.state = "closed"
-    plan.effect_verified = effect_verified
-    plan.outcome = outcome.strip()
-    plan.closed_at = clock.now()
-    audit.record(
+    PLAN.transition(
         session,
+        plan,
         actor=actor.name,
         action="improvement.plan_closed",
-        subject=f"improvement_plan:{plan.id}",
-        cycle_id=plan.cycle_id,
-        before=before,
-        after=_snapshot(plan),
+        changes={
+            "state": "closed",
+            "effect_verified": effect_verified,
+            "outcome": outcome.strip(),
+            "closed_at": clock.now(),
+        },
     )
     _notify_closed(session, plan)
     return plan
 
 
-def _get_plan(session: Session, plan_id: int) -> ImprovementPlan:
-    plan = session.get(ImprovementPlan, plan_id)
-    if plan is None:
-        raise InvalidInput([Problem(f"no improvement plan {plan_id}", field="plan_id")])
-    return plan
-
-
 def _state_problems(plan: ImprovementPlan) -> list[Problem]:
     # A plan lives to its own deadline (months), not to a stage's: only its state counts.
-    if plan.state == "open":
-        return []
-    return [Problem(f"the plan is {plan.state}; only an open plan can be changed", field="state")]
+    return state_problems(
+        plan.state, ("open",), "the plan is {state}; only an open plan can be changed"
+    )
 
 
 def _parse_actions(actions: Any, deadline: date) -> tuple[list[dict[str, str]], list[Problem]]:
@@ -404,17 +403,6 @@ def _check_month(session: Session, plan: ImprovementPlan, month: Any) -> list[Pr
             )
         ]
     return []
-
-
-def _snapshot(plan: ImprovementPlan) -> dict[str, Any]:
-    return {
-        "state": plan.state,
-        "goal": plan.goal,
-        "actions": list(plan.actions),
-        "effect_verified": plan.effect_verified,
-        "outcome": plan.outcome,
-        "closed_at": plan.closed_at.isoformat() if plan.closed_at else None,
-    }
 
 
 def _checkin_snapshot(checkin: PlanCheckin) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, aliased
 
 from perfcycle.core import clock
 from perfcycle.core.db import insert_ignore
-from perfcycle.core.errors import InvalidInput, Problem
+from perfcycle.core.errors import Problem
 from perfcycle.domain import access, audit
 from perfcycle.domain.access import Actor
 from perfcycle.domain.deadlines import accepting_work
@@ -28,13 +28,27 @@ from perfcycle.domain.models import (
 )
 from perfcycle.domain.policy.snapshot import cycle_policy_or_none
 from perfcycle.domain.stages import base
-from perfcycle.domain.stages.base import PendingTask, Progress, StageContext, close_unfinished
+from perfcycle.domain.stages.base import (
+    PendingTask,
+    Progress,
+    RecordKind,
+    StageContext,
+    close_unfinished,
+    state_problems,
+)
 from perfcycle.notifications.events import Role
 from perfcycle.notifications.notify import Recipient, TaskLink, notify, stage_of
 
 STATES = ("scheduled", "held", "acknowledged", "missed")
 # A held interview may still be corrected by the manager until the employee acknowledges it.
 RECORDABLE = ("scheduled", "held")
+INTERVIEW = RecordKind(
+    Interview,
+    noun="interview",
+    subject="interview",
+    id_field="interview_id",
+    fields=("state", "summary", "root_causes", "held_at", "acknowledged_at"),
+)
 
 
 class Handler:
@@ -189,36 +203,30 @@ def record_interview(
     session: Session, interview_id: int, *, summary: str, root_causes: str, actor: Actor
 ) -> Interview:
     """The manager records the one-to-one: what was discussed and the root causes found."""
-    interview = _get_interview(session, interview_id)
+    interview = INTERVIEW.get(session, interview_id)
     accepting_work(session, interview.cycle_id, StageName.interview)
     problems = access.refusals(access.interview_recorder_refusal(actor, interview))
-    if interview.state not in RECORDABLE:
-        problems.append(
-            Problem(
-                f"the interview is {interview.state}; it can no longer be recorded", field="state"
-            )
-        )
+    problems += state_problems(
+        interview.state, RECORDABLE, "the interview is {state}; it can no longer be recorded"
+    )
     if not isinstance(summary, str) or not summary.strip():
         problems.append(Problem("a summary of the interview is required", field="summary"))
     if not isinstance(root_causes, str):
         problems.append(Problem("root causes must be text", field="root_causes"))
     access.raise_problems(problems)
 
-    before = _snapshot(interview)
     first_time = interview.state == "scheduled"
-    interview.summary = summary.strip()
-    interview.root_causes = root_causes.strip()
-    interview.state = "held"
-    if first_time:
-        interview.held_at = clock.now()
-    audit.record(
+    INTERVIEW.transition(
         session,
+        interview,
         actor=actor.name,
         action="interview.recorded" if first_time else "interview.corrected",
-        subject=f"interview:{interview.id}",
-        cycle_id=interview.cycle_id,
-        before=before,
-        after=_snapshot(interview),
+        changes={
+            "summary": summary.strip(),
+            "root_causes": root_causes.strip(),
+            "state": "held",
+            **({"held_at": clock.now()} if first_time else {}),
+        },
     )
     _notify_recorded(session, interview)
     return interview
@@ -226,50 +234,22 @@ def record_interview(
 
 def acknowledge_interview(session: Session, interview_id: int, *, actor: Actor) -> Interview:
     """The employee confirms the interview took place as recorded."""
-    interview = _get_interview(session, interview_id)
+    interview = INTERVIEW.get(session, interview_id)
     accepting_work(session, interview.cycle_id, StageName.interview)
     problems = access.refusals(access.interview_acknowledger_refusal(actor, interview))
-    if interview.state != "held":
-        problems.append(
-            Problem(
-                f"the interview is {interview.state}; only a held interview can be acknowledged",
-                field="state",
-            )
-        )
+    problems += state_problems(
+        interview.state,
+        ("held",),
+        "the interview is {state}; only a held interview can be acknowledged",
+    )
     access.raise_problems(problems)
-
-    before = _snapshot(interview)
-    interview.state = "acknowledged"
-    interview.acknowledged_at = clock.now()
-    audit.record(
+    return INTERVIEW.transition(
         session,
+        interview,
         actor=actor.name,
         action="interview.acknowledged",
-        subject=f"interview:{interview.id}",
-        cycle_id=interview.cycle_id,
-        before=before,
-        after=_snapshot(interview),
+        changes={"state": "acknowledged", "acknowledged_at": clock.now()},
     )
-    return interview
-
-
-def _get_interview(session: Session, interview_id: int) -> Interview:
-    interview = session.get(Interview, interview_id)
-    if interview is None:
-        raise InvalidInput([Problem(f"no interview {interview_id}", field="interview_id")])
-    return interview
-
-
-def _snapshot(interview: Interview) -> dict[str, Any]:
-    return {
-        "state": interview.state,
-        "summary": interview.summary,
-        "root_causes": interview.root_causes,
-        "held_at": interview.held_at.isoformat() if interview.held_at else None,
-        "acknowledged_at": (
-            interview.acknowledged_at.isoformat() if interview.acknowledged_at else None
-        ),
-    }
 
 
 def _notify_recorded(session: Session, interview: Interview) -> None:
