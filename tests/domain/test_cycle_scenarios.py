@@ -520,14 +520,14 @@ KILLED = 70
 where = {where!r}
 
 if where == "evaluation enter":
-    real_insert = evaluation.insert_ignore
+    real_insert = evaluation.handler.insert_ignore
 
     def insert_then_die(session, table, rows):
         real_insert(session, table, rows)
         session.flush()
         os._exit(KILLED)
 
-    evaluation.insert_ignore = insert_then_die
+    evaluation.handler.insert_ignore = insert_then_die
 elif where == "before assessing evaluation":
     real_assess = engine.assess
 
