@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session
 
 from perfcycle.connectors.sources import MetricRow, collect, parse_metrics_csv
 from perfcycle.core import clock
-from perfcycle.core.db import insert_ignore
+from perfcycle.core.db import upsert
 from perfcycle.core.errors import InvalidInput, Problem
 from perfcycle.domain import audit
 from perfcycle.domain.access import Actor
@@ -148,10 +148,9 @@ def store_metric_values(
     """Upsert on (cycle, employee, metric): insert new, update changed; values whose current
     source is in `keep_sources` stay as they are."""
     existing = {
-        (e, m): (row_id, value, source, evidence)
-        for row_id, e, m, value, source, evidence in session.execute(
+        (e, m): (value, source, evidence)
+        for e, m, value, source, evidence in session.execute(
             select(
-                MetricValue.id,
                 MetricValue.employee_id,
                 MetricValue.metric,
                 MetricValue.value,
@@ -161,54 +160,40 @@ def store_metric_values(
         ).tuples()
     }
     now = clock.now()
-    inserts: list[dict[str, Any]] = []
-    updates: list[dict[str, Any]] = []
+    writes: list[dict[str, Any]] = []
+    inserted = 0
     replaced: dict[tuple[str, str], float] = {}
     for row in rows:
         evidence = _normalised(row.evidence)
         current = existing.get((row.employee_id, row.metric))
         if current is None:
-            inserts.append(
-                {
-                    "cycle_id": cycle_id,
-                    "employee_id": row.employee_id,
-                    "metric": row.metric,
-                    "value": row.value,
-                    "source": row.source,
-                    "evidence": evidence,
-                    "collected_at": now,
-                }
-            )
-            continue
-        row_id, value, source, old_evidence = current
-        if source in keep_sources and source != row.source:
-            continue
-        if (value, source, old_evidence) == (row.value, row.source, evidence):
-            continue
-        replaced[(row.employee_id, row.metric)] = value
-        updates.append(
+            inserted += 1
+        else:
+            value, source, old_evidence = current
+            if source in keep_sources and source != row.source:
+                continue
+            if (value, source, old_evidence) == (row.value, row.source, evidence):
+                continue
+            replaced[(row.employee_id, row.metric)] = value
+        writes.append(
             {
-                "b_id": row_id,
-                "b_value": row.value,
-                "b_source": row.source,
-                "b_evidence": evidence,
-                "b_collected_at": now,
+                "cycle_id": cycle_id,
+                "employee_id": row.employee_id,
+                "metric": row.metric,
+                "value": row.value,
+                "source": row.source,
+                "evidence": evidence,
+                "collected_at": now,
             }
         )
-    inserted = insert_ignore(session, _TABLE, inserts)
-    if updates:
-        session.execute(
-            update(_TABLE)
-            .where(_TABLE.c.id == bindparam("b_id"))
-            .values(
-                value=bindparam("b_value"),
-                source=bindparam("b_source"),
-                evidence=bindparam("b_evidence"),
-                collected_at=bindparam("b_collected_at"),
-            ),
-            updates,
-        )
-    return Written(inserted, len(updates), replaced)
+    upsert(
+        session,
+        _TABLE,
+        writes,
+        key=("cycle_id", "employee_id", "metric"),
+        update=("value", "source", "evidence", "collected_at"),
+    )
+    return Written(inserted, len(writes) - inserted, replaced)
 
 
 # ---------------------------------------------------------------- HR supplies values
