@@ -28,13 +28,11 @@ from perfcycle.domain.models import (
 )
 from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.policy.snapshot import cycle_policy_or_none
-from perfcycle.domain.stages import base
 from perfcycle.domain.stages.base import (
     PendingTask,
     Progress,
     RecordKind,
     StageContext,
-    close_unfinished,
     state_problems,
 )
 from perfcycle.notifications.events import Role
@@ -44,6 +42,8 @@ STATES = ("open", "accepted", "filed", "decided", "lapsed")
 OUTCOMES = ("upheld", "adjusted", "re_evaluated")
 APPEAL = RecordKind(
     Appeal,
+    stage=StageName.appeal.value,
+    states=STATES,
     noun="appeal",
     subject="appeal",
     id_field="appeal_id",
@@ -53,36 +53,23 @@ APPEAL = RecordKind(
 
 class Handler:
     def enter(self, ctx: StageContext) -> dict[str, Any]:
-        session, cycle, policy, stage = ctx.session, ctx.cycle, ctx.policy, ctx.stage
+        session, cycle, stage = ctx.session, ctx.cycle, ctx.stage
         created = _create_appeals(session, cycle)
-        if created:
-            audit.record(
-                session,
-                actor=audit.SYSTEM,
-                action="appeal.window_opened",
-                subject=f"cycle:{cycle.id}/stage:appeal",
-                cycle_id=cycle.id,
-                after={
-                    "appeals_created": len(created),
-                    "window_closes": stage.due_at.isoformat(),
-                    "employees": created,
-                },
-            )
-        mails = notify(
-            session,
-            cycle,
-            policy,
-            "appeal_window_open",
-            _window_recipients(session, stage),
-            f"appeal-window:{stage.attempt}",
-            {"deadline": stage.due_at.isoformat()},
-            due_at=stage.due_at,
+        return APPEAL.opened(
+            ctx,
+            created,
+            action="appeal.window_opened",
+            counted_as="appeals_created",
+            noted={"window_closes": stage.due_at.isoformat()},
+            event="appeal_window_open",
+            recipients=_window_recipients(session, stage),
+            occurrence="appeal-window",
+            context={"deadline": stage.due_at.isoformat()},
         )
-        return {"appeals_created": len(created), "mails_enqueued": mails}
 
     def progress(self, ctx: StageContext) -> Progress:
         session, cycle = ctx.session, ctx.cycle
-        counts = count_by_state(session, cycle.id)
+        counts = APPEAL.count_by_state(session, cycle.id)
         return Progress(done=counts["accepted"] + counts["decided"], total=sum(counts.values()))
 
     def pending(self, ctx: StageContext) -> dict[str, list[PendingTask]]:
@@ -101,15 +88,7 @@ class Handler:
 
     def close(self, ctx: StageContext) -> dict[str, Any]:
         """Lapse the silent; filed appeals stay with the committee and are counted as such."""
-        session, cycle = ctx.session, ctx.cycle
-        lapsed = close_unfinished(
-            session, Appeal, cycle, stage="appeal", unfinished="open", closed_as="lapsed"
-        )
-        return {**count_by_state(session, cycle.id), "marked_lapsed": len(lapsed)}
-
-
-def count_by_state(session: Session, cycle_id: int) -> dict[str, int]:
-    return base.count_by_state(session, Appeal, cycle_id, STATES)
+        return APPEAL.close(ctx, unfinished="open", closed_as="lapsed")
 
 
 def _create_appeals(session: Session, cycle: Cycle) -> list[str]:

@@ -15,6 +15,7 @@ from perfcycle.domain import audit
 from perfcycle.domain.models import Appeal, Cycle, ImprovementPlan, Interview, StageInstance
 from perfcycle.domain.policy.schema import Policy
 from perfcycle.notifications.events import Role
+from perfcycle.notifications.notify import Recipient, notify
 from perfcycle.notifications.task_kinds import TASK_KINDS, TaskKind
 from perfcycle.notifications.vocabulary import TaskAction
 
@@ -98,6 +99,8 @@ class RecordKind(Generic[R]):
     so that every service changing one audits the same before/after for it."""
 
     model: type[R]
+    stage: str
+    states: tuple[str, ...]
     noun: str  # as problems name it: "no improvement plan 7"
     subject: str  # the audit subject's prefix: "improvement_plan:7"
     id_field: str  # the problem's field when the id names no record
@@ -108,6 +111,62 @@ class RecordKind(Generic[R]):
         if record is None:
             raise InvalidInput([Problem(f"no {self.noun} {record_id}", field=self.id_field)])
         return record
+
+    def opened(
+        self,
+        ctx: StageContext,
+        created: list[str],
+        *,
+        action: str,
+        counted_as: str,
+        event: str,
+        recipients: Sequence[Recipient],
+        occurrence: str,
+        noted: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A handler's enter() once it has created the missing rows (`created` names their
+        employees): audit them, mail the stage's people once per attempt, return the counts."""
+        session, cycle, stage = ctx.session, ctx.cycle, ctx.stage
+        if created:
+            audit.record(
+                session,
+                actor=audit.SYSTEM,
+                action=action,
+                subject=f"cycle:{cycle.id}/stage:{self.stage}",
+                cycle_id=cycle.id,
+                after={counted_as: len(created), **(noted or {}), "employees": created},
+            )
+        mails = notify(
+            session,
+            cycle,
+            ctx.policy,
+            event,
+            recipients,
+            f"{occurrence}:{stage.attempt}",
+            context,
+            due_at=stage.due_at,
+        )
+        return {counted_as: len(created), "mails_enqueued": mails}
+
+    def count_by_state(self, session: Session, cycle_id: int) -> dict[str, int]:
+        return count_by_state(session, self.model, cycle_id, self.states)
+
+    def close(self, ctx: StageContext, *, unfinished: str, closed_as: str) -> dict[str, Any]:
+        """A handler's close(): the rows still `unfinished` become `closed_as`; returns the
+        counts per state and how many were marked."""
+        marked = close_unfinished(
+            ctx.session,
+            self.model,
+            ctx.cycle,
+            stage=self.stage,
+            unfinished=unfinished,
+            closed_as=closed_as,
+        )
+        return {
+            **self.count_by_state(ctx.session, ctx.cycle.id),
+            f"marked_{closed_as}": len(marked),
+        }
 
     def snapshot(self, record: R) -> dict[str, Any]:
         return {name: _plain(getattr(record, name)) for name in self.fields}

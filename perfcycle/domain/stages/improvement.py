@@ -31,13 +31,11 @@ from perfcycle.domain.models import (
 )
 from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.policy.snapshot import cycle_policy_or_none
-from perfcycle.domain.stages import base
 from perfcycle.domain.stages.base import (
     PendingTask,
     Progress,
     RecordKind,
     StageContext,
-    close_unfinished,
     state_problems,
 )
 from perfcycle.notifications.events import Role
@@ -49,6 +47,8 @@ MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 ACTION_KEYS = {"action", "due"}
 PLAN = RecordKind(
     ImprovementPlan,
+    stage=StageName.improvement.value,
+    states=STATES,
     noun="improvement plan",
     subject="improvement_plan",
     id_field="plan_id",
@@ -61,33 +61,20 @@ class Handler:
         session, cycle, policy, stage = ctx.session, ctx.cycle, ctx.policy, ctx.stage
         deadline = add_months(stage.opened_at.date(), policy.improvement.months)
         created = _create_plans(session, cycle, policy, deadline)
-        if created:
-            audit.record(
-                session,
-                actor=audit.SYSTEM,
-                action="improvement.plans_created",
-                subject=f"cycle:{cycle.id}/stage:improvement",
-                cycle_id=cycle.id,
-                after={
-                    "plans_created": len(created),
-                    "deadline": deadline.isoformat(),
-                    "employees": created,
-                },
-            )
-        mails = notify(
-            session,
-            cycle,
-            policy,
-            "improvement_plan_created",
-            _created_recipients(session, cycle, stage),
-            f"improvement:{stage.attempt}",
-            due_at=stage.due_at,
+        return PLAN.opened(
+            ctx,
+            created,
+            action="improvement.plans_created",
+            counted_as="plans_created",
+            noted={"deadline": deadline.isoformat()},
+            event="improvement_plan_created",
+            recipients=_created_recipients(session, cycle, stage),
+            occurrence="improvement",
         )
-        return {"plans_created": len(created), "mails_enqueued": mails}
 
     def progress(self, ctx: StageContext) -> Progress:
         session, cycle = ctx.session, ctx.cycle
-        counts = count_by_state(session, cycle.id)
+        counts = PLAN.count_by_state(session, cycle.id)
         return Progress(done=counts["closed"], total=sum(counts.values()))
 
     def pending(self, ctx: StageContext) -> dict[str, list[PendingTask]]:
@@ -110,20 +97,7 @@ class Handler:
         return todo
 
     def close(self, ctx: StageContext) -> dict[str, Any]:
-        session, cycle = ctx.session, ctx.cycle
-        lapsed = close_unfinished(
-            session,
-            ImprovementPlan,
-            cycle,
-            stage="improvement",
-            unfinished="open",
-            closed_as="lapsed",
-        )
-        return {**count_by_state(session, cycle.id), "marked_lapsed": len(lapsed)}
-
-
-def count_by_state(session: Session, cycle_id: int) -> dict[str, int]:
-    return base.count_by_state(session, ImprovementPlan, cycle_id, STATES)
+        return PLAN.close(ctx, unfinished="open", closed_as="lapsed")
 
 
 def add_months(day: date, months: int) -> date:
@@ -218,9 +192,7 @@ def _created_recipients(session: Session, cycle: Cycle, stage: StageInstance) ->
             # Nobody owns the plan (no manager, or one who left): HR coaches it, as with the
             # monthly check-ins, so HR hears of it now rather than at the first check-in.
             recipients.append(
-                hr_standing_in(
-                    Role.owner, context=context, occurrence=f"{occurrence}:{plan.id}"
-                )
+                hr_standing_in(Role.owner, context=context, occurrence=f"{occurrence}:{plan.id}")
             )
         recipients += [
             Recipient.person(

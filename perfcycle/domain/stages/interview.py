@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, aliased
 from perfcycle.core import clock
 from perfcycle.core.db import insert_ignore
 from perfcycle.core.errors import Problem
-from perfcycle.domain import access, audit
+from perfcycle.domain import access
 from perfcycle.domain.access import Actor
 from perfcycle.domain.deadlines import accepting_work
 from perfcycle.domain.models import (
@@ -27,13 +27,11 @@ from perfcycle.domain.models import (
     StageName,
 )
 from perfcycle.domain.policy.snapshot import cycle_policy_or_none
-from perfcycle.domain.stages import base
 from perfcycle.domain.stages.base import (
     PendingTask,
     Progress,
     RecordKind,
     StageContext,
-    close_unfinished,
     state_problems,
 )
 from perfcycle.notifications.events import Role
@@ -44,6 +42,8 @@ STATES = ("scheduled", "held", "acknowledged", "missed")
 RECORDABLE = ("scheduled", "held")
 INTERVIEW = RecordKind(
     Interview,
+    stage=StageName.interview.value,
+    states=STATES,
     noun="interview",
     subject="interview",
     id_field="interview_id",
@@ -53,31 +53,21 @@ INTERVIEW = RecordKind(
 
 class Handler:
     def enter(self, ctx: StageContext) -> dict[str, Any]:
-        session, cycle, policy, stage = ctx.session, ctx.cycle, ctx.policy, ctx.stage
+        session, cycle, stage = ctx.session, ctx.cycle, ctx.stage
         created = _create_interviews(session, cycle)
-        if created:
-            audit.record(
-                session,
-                actor=audit.SYSTEM,
-                action="interview.scheduled",
-                subject=f"cycle:{cycle.id}/stage:interview",
-                cycle_id=cycle.id,
-                after={"interviews_created": len(created), "employees": created},
-            )
-        mails = notify(
-            session,
-            cycle,
-            policy,
-            "interview_scheduled",
-            _scheduled_recipients(session, cycle, stage),
-            f"interview:{stage.attempt}",
-            due_at=stage.due_at,
+        return INTERVIEW.opened(
+            ctx,
+            created,
+            action="interview.scheduled",
+            counted_as="interviews_created",
+            event="interview_scheduled",
+            recipients=_scheduled_recipients(session, cycle, stage),
+            occurrence="interview",
         )
-        return {"interviews_created": len(created), "mails_enqueued": mails}
 
     def progress(self, ctx: StageContext) -> Progress:
         session, cycle = ctx.session, ctx.cycle
-        counts = count_by_state(session, cycle.id)
+        counts = INTERVIEW.count_by_state(session, cycle.id)
         return Progress(done=counts["acknowledged"], total=sum(counts.values()))
 
     def pending(self, ctx: StageContext) -> dict[str, list[PendingTask]]:
@@ -116,15 +106,7 @@ class Handler:
         return dict(todo)
 
     def close(self, ctx: StageContext) -> dict[str, Any]:
-        session, cycle = ctx.session, ctx.cycle
-        missed = close_unfinished(
-            session, Interview, cycle, stage="interview", unfinished="scheduled", closed_as="missed"
-        )
-        return {**count_by_state(session, cycle.id), "marked_missed": len(missed)}
-
-
-def count_by_state(session: Session, cycle_id: int) -> dict[str, int]:
-    return base.count_by_state(session, Interview, cycle_id, STATES)
+        return INTERVIEW.close(ctx, unfinished="scheduled", closed_as="missed")
 
 
 def _create_interviews(session: Session, cycle: Cycle) -> list[str]:
