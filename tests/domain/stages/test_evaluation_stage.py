@@ -31,7 +31,9 @@ from perfcycle.domain.stages.evaluation import (
     Handler,
     import_evaluations_csv,
     items_for,
+    load_draft,
     reopen_evaluations,
+    save_draft,
     submit_evaluation,
 )
 
@@ -507,6 +509,33 @@ def test_submit_rejects_unknown_submitted_and_expired_assignments(db_url: str):
     ]:
         with pytest.raises(InvalidInput, match=message):
             submit(db_url, aid, answers_for("self", score=2))
+    assert snapshot(db_url) == before
+
+
+@pytest.mark.usefixtures("entered")
+def test_a_draft_may_be_partial_but_is_checked_as_a_submitted_form_is(db_url: str):
+    aid = assignment_id(db_url, "S02", "S04", "superior")
+    rater = Actor.person("S02")
+    # Items left out, unscored, or at an extreme without its comment yet: a draft keeps them.
+    partial = {"attitude": (5, ""), "teamwork": (None, "half written")}
+    with session_scope(db_url) as s:
+        save_draft(s, aid, partial, rater, POLICY)
+    with session_scope(db_url) as s:
+        assert load_draft(s, aid) == partial
+    before = snapshot(db_url)
+
+    with session_scope(db_url) as s, pytest.raises(InvalidInput) as err:
+        save_draft(s, aid, {"attitude": (6, ""), "speed": (3, "")}, rater, POLICY)
+
+    # The same problems, worded and coded the same, as submitting these answers gives.
+    assert [(p.field, p.code, p.message) for p in err.value.problems] == [
+        ("attitude", "bad_score", "attitude: score must be an integer from 1 to 5, got 6"),
+        (
+            "speed",
+            "unknown_item",
+            "speed is not an item for this rater (expected attitude, teamwork)",
+        ),
+    ]
     assert snapshot(db_url) == before
 
 
