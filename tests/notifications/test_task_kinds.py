@@ -22,7 +22,7 @@ def test_the_registry_lists_every_kind_of_the_type() -> None:
 def test_every_kind_the_code_creates_is_registered_with_its_action() -> None:
     declared = declared_kinds()
     # The scan sees the stage modules and the check-in reminders, or it proves nothing.
-    assert {"domain/stages/evaluation.py", "notifications/reminders.py"} <= set(declared)
+    assert {"domain/stages/evaluation/handler.py", "notifications/reminders.py"} <= set(declared)
     for where, pairs in declared.items():
         for kind, action in pairs:
             assert kind in TASK_KINDS, f"{where}: kind {kind!r} is not registered"
