@@ -11,13 +11,7 @@ from sqlalchemy.orm import Session
 
 from perfcycle.core.db import insert_ignore
 from perfcycle.domain import audit
-from perfcycle.domain.models import (
-    Employee,
-    Participant,
-    RaterAssignment,
-    StageInstance,
-    StageName,
-)
+from perfcycle.domain.models import Employee, Participant, RaterAssignment, StageInstance, StageName
 from perfcycle.domain.stages.base import PendingTask, Progress, StageContext
 from perfcycle.domain.stages.evaluation.raters import (
     Organisation,

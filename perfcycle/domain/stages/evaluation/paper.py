@@ -14,12 +14,7 @@ from perfcycle.connectors.csv import CsvRow, read_csv, required_problems
 from perfcycle.core.errors import InvalidInput, Problem
 from perfcycle.domain.access import Actor
 from perfcycle.domain.deadlines import accepting_work
-from perfcycle.domain.models import (
-    Cycle,
-    RaterAssignment,
-    RaterType,
-    StageName,
-)
+from perfcycle.domain.models import Cycle, RaterAssignment, RaterType, StageName
 from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.stages.evaluation.answers import (
     answer_problems,

@@ -13,10 +13,7 @@ from typing import NamedTuple
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from perfcycle.domain.models import (
-    Employee,
-    RaterType,
-)
+from perfcycle.domain.models import Employee, RaterType
 
 # The order rater types are drawn in: later types avoid the people earlier types took.
 DRAW_ORDER = (

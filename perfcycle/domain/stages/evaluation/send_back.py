@@ -9,9 +9,7 @@ from sqlalchemy.orm import Session
 
 from perfcycle.core.errors import InvalidInput, Problem
 from perfcycle.domain import audit
-from perfcycle.domain.models import (
-    RaterAssignment,
-)
+from perfcycle.domain.models import RaterAssignment
 from perfcycle.domain.stages.evaluation.states import EXPIRED, PENDING, SUBMITTED
 
 

@@ -9,10 +9,7 @@ from perfcycle.core.errors import InvalidInput, Problem
 from perfcycle.domain import access
 from perfcycle.domain.access import Actor
 from perfcycle.domain.deadlines import accepting_work
-from perfcycle.domain.models import (
-    Goal,
-    StageName,
-)
+from perfcycle.domain.models import Goal, StageName
 
 PERSONAL = "personal"
 

@@ -10,19 +10,11 @@ from sqlalchemy import func, select, update
 
 from perfcycle.core.db import insert_ignore
 from perfcycle.domain import audit
-from perfcycle.domain.models import (
-    Employee,
-    Goal,
-    Participant,
-)
+from perfcycle.domain.models import Employee, Goal, Participant
 from perfcycle.domain.policy.schema import MetricIndicator
 from perfcycle.domain.stages.base import PendingTask, Progress, StageContext
 from perfcycle.notifications.events import Role
-from perfcycle.notifications.notify import (
-    Recipient,
-    TaskLink,
-    notify,
-)
+from perfcycle.notifications.notify import Recipient, TaskLink, notify
 
 
 class Handler:

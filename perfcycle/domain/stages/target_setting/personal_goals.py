@@ -15,10 +15,7 @@ from sqlalchemy.orm import Session
 from perfcycle.core.errors import InvalidInput, Problem
 from perfcycle.domain import audit
 from perfcycle.domain.access import Actor
-from perfcycle.domain.models import (
-    Cycle,
-    Goal,
-)
+from perfcycle.domain.models import Cycle, Goal
 from perfcycle.domain.policy.schema import Policy
 from perfcycle.domain.policy.snapshot import cycle_policy_or_none
 from perfcycle.domain.stages.target_setting.goals import PERSONAL, own_editable_goals

@@ -13,23 +13,12 @@ from perfcycle.core.errors import InvalidInput, Problem
 from perfcycle.domain import access, audit
 from perfcycle.domain.access import Actor, manager_in_cycle
 from perfcycle.domain.deadlines import accepting_work
-from perfcycle.domain.models import (
-    AuditEvent,
-    Cycle,
-    Employee,
-    StageName,
-)
+from perfcycle.domain.models import AuditEvent, Cycle, Employee, StageName
 from perfcycle.domain.policy.snapshot import cycle_policy_or_none
 from perfcycle.domain.stages.target_setting.goals import PERSONAL, sheet_goals
 from perfcycle.domain.stages.target_setting.personal_goals import check_personal_share
 from perfcycle.notifications.events import Role
-from perfcycle.notifications.notify import (
-    Recipient,
-    TaskLink,
-    hr_standing_in,
-    notify,
-    stage_of,
-)
+from perfcycle.notifications.notify import Recipient, TaskLink, hr_standing_in, notify, stage_of
 
 
 def submit_goals(session: Session, cycle_id: int, employee_id: str, *, actor: Actor) -> None:
