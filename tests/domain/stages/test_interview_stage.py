@@ -117,8 +117,21 @@ def test_manager_records_the_interview(db_url: str, cycle_id: int) -> None:
     assert held.held_at == NOW
     [event] = audit_events(db_url, "interview.recorded")
     assert (event.actor, event.subject, event.cycle_id) == ("m1", f"interview:{iid}", cycle_id)
-    assert event.before is not None and event.before["state"] == "scheduled"
-    assert event.after is not None and event.after["summary"] == "Missed SLA twice"
+    # The whole record before and after, times as ISO text: what the audit log shows.
+    assert event.before == {
+        "state": "scheduled",
+        "summary": "",
+        "root_causes": "",
+        "held_at": None,
+        "acknowledged_at": None,
+    }
+    assert event.after == {
+        "state": "held",
+        "summary": "Missed SLA twice",
+        "root_causes": "Queue overload",
+        "held_at": NOW.isoformat(),
+        "acknowledged_at": None,
+    }
     [mail] = outbox(db_url, "interview_recorded")
     assert (mail.recipient_id, mail.context["interview_id"]) == ("e1", iid)
 
