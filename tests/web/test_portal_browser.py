@@ -23,9 +23,19 @@ from perfcycle.core.db import session_scope
 from perfcycle.core.settings import REPO_ROOT, get_settings
 from perfcycle.domain import engine
 from perfcycle.domain.access import Actor
-from perfcycle.domain.models import Employee, Evaluation, RaterAssignment, TaskToken
+from perfcycle.domain.models import (
+    AuditEvent,
+    Employee,
+    Evaluation,
+    Goal,
+    Participant,
+    PortalRole,
+    RaterAssignment,
+    TaskToken,
+)
 from perfcycle.domain.policy.snapshot import cycle_policy
 from perfcycle.domain.stages.evaluation import items_for, submit_evaluation
+from perfcycle.domain.stages.target_setting import submit_goals
 from perfcycle.notifications import links
 from perfcycle.web import i18n
 from tests.support.browser import (
@@ -412,3 +422,51 @@ def test_an_expired_link_offers_a_new_one_which_arrives_and_signs_in(
     assert listed is not None and listed.status == 200
     assert page.locator(f"#assignment-{mine.id}").is_visible()
     camera.shoot(page, "signed-in-with-new-link")
+
+
+# ---------------------------------------------------------------- 4. HR stands in for a manager
+
+
+def test_an_hr_admin_approves_from_the_mailed_link_the_goals_of_someone_without_a_manager(
+    stack: Stack, camera: Camera, new_context: Callable[..., BrowserContext]
+) -> None:
+    org = prepare_demo_org(stack.url, stack.folder)
+    stack.monkeypatch.setenv("PERFCYCLE_TICKETS_URL", org.tickets_url)
+    get_settings.cache_clear()
+    cycle_id = launch(stack.url, POLICY, PERIOD)
+    assert play_until_waiting_at(stack.url, cycle_id, "target_setting").next == "people"
+    with session_scope(stack.url) as s:
+        rows = s.execute(
+            select(Participant.employee_id, Participant.manager_id)
+            .where(Participant.cycle_id == cycle_id)
+            .order_by(Participant.employee_id)
+        ).all()
+        head = next(e for e, m in rows if m is None)
+        clerk = next(e for e, m in rows if m is not None)
+        submit_goals(s, cycle_id, head, actor=Actor.person(head))
+        s.add(PortalRole(principal=clerk, role="hr_admin", granted_by="test", granted_at=T0))
+    assert stack.inbox.deliver(stack.url) > 0
+
+    # HR's own goals mail signs them in; their home page leads to the sheets HR approves.
+    page = new_context().new_page()
+    page.goto(stack.inbox.mail_to(person(stack.url, clerk).email, "goals_to_agree").link())
+    home = page.goto(f"{stack.portal.base_url}/")
+    assert home is not None and home.status == 200
+    page.locator(f"#place-team-{cycle_id}").click()
+    sheet = page.locator(f"#standing_in #sheet-{head}")
+    assert sheet.count() == 1
+    camera.shoot(page, "hr-standing-in")
+    with page.expect_navigation():
+        sheet.locator("button[value=approve]").click()
+    camera.shoot(page, "hr-approved")
+    assert page.url.startswith(f"{stack.portal.base_url}/goals")
+    with session_scope(stack.url) as s:
+        goals = s.scalars(select(Goal).where(Goal.cycle_id == cycle_id, Goal.employee_id == head))
+        assert {(g.state, g.manager_signed_at is not None) for g in goals} == {("agreed", True)}
+        signer = s.scalar(
+            select(AuditEvent.actor).where(
+                AuditEvent.action == "goals.agreed",
+                AuditEvent.subject == f"cycle:{cycle_id}/employee:{head}",
+            )
+        )
+    assert signer == clerk  # the audit names the HR admin who signed
