@@ -137,12 +137,18 @@ def insert_ignore(session: Session, table: Table, rows: Sequence[dict[str, Any]]
     """
     if not rows:
         return 0
-    dialect = session.get_bind().dialect
-    if dialect.name == "postgresql" and dialect.driver == "psycopg" and len(rows) >= COPY_MIN_ROWS:
-        copied = _copy_insert_ignore(session, table, rows)
+    if _copies(session, rows):
+        copied = _copy_insert(session, table, rows, "ON CONFLICT DO NOTHING")
         if copied is not None:
             return copied
     return _values_insert_ignore(session, table, rows)
+
+
+def _copies(session: Session, rows: Sequence[dict[str, Any]]) -> bool:
+    dialect = session.get_bind().dialect
+    return (
+        dialect.name == "postgresql" and dialect.driver == "psycopg" and len(rows) >= COPY_MIN_ROWS
+    )
 
 
 def upsert(
@@ -163,6 +169,15 @@ def upsert(
     """
     if not rows:
         return 0
+    if not callable(update) and _copies(session, rows):
+        quote = session.get_bind().dialect.identifier_preparer.quote
+        on_conflict = (
+            f"ON CONFLICT ({', '.join(quote(k) for k in key)}) DO UPDATE SET "
+            + ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in update)
+        )
+        copied = _copy_insert(session, table, rows, on_conflict)
+        if copied is not None:
+            return copied
     stmt = _dialect_insert(session, table)
     new = stmt.excluded
     changes = {c: new[c] for c in update} if not callable(update) else dict(update(new))
@@ -202,10 +217,11 @@ def _insert_returning(
     return written
 
 
-def _copy_insert_ignore(
-    session: Session, table: Table, rows: Sequence[dict[str, Any]]
+def _copy_insert(
+    session: Session, table: Table, rows: Sequence[dict[str, Any]], on_conflict: str
 ) -> int | None:
-    """COPY the rows into a temporary table, then INSERT ... SELECT ... ON CONFLICT DO NOTHING.
+    """COPY the rows into a temporary table, then INSERT ... SELECT ... `on_conflict` (DO NOTHING
+    for insert_ignore, DO UPDATE for upsert); returns the rows inserted or updated.
 
     Values go through each column type's bind processor, exactly as with INSERT ... VALUES
     (UTCDateTime's checks and UTC conversion, JSON wrapping). Returns None, having written
@@ -240,7 +256,7 @@ def _copy_insert_ignore(
         # rows with the same key is the one kept.
         cursor.execute(
             f"INSERT INTO {target} ({names}) SELECT {names} FROM {staging} "
-            f"ORDER BY {_POSITION} ON CONFLICT DO NOTHING"
+            f"ORDER BY {_POSITION} {on_conflict}"
         )
         inserted = int(cursor.rowcount)
         cursor.execute(f"DROP TABLE {staging}")

@@ -222,6 +222,23 @@ def test_upsert_on_postgres(pg_url: str) -> None:
     check_upsert_takes_named_columns(pg_url)
 
 
+@pytest.mark.postgres
+def test_postgres_upsert_of_named_columns_sends_no_insert_values(pg_url: str) -> None:
+    """Metric values of a 10,000-person cycle are upserted: COPY, as for insert_ignore."""
+    statements: list[str] = []
+    engine = get_engine(pg_url)
+    event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    rows = [outbox_row(i) for i in range(COPY_MIN_ROWS)]
+    with session_scope(pg_url) as s:
+        assert upsert(s, OUTBOX, rows, key=("idempotency_key",), update=("context",)) == 1000
+    assert not [q for q in statements if "INSERT INTO outbox" in q]
+    changed = [outbox_row(i, "changed") for i in range(COPY_MIN_ROWS)]
+    with session_scope(pg_url) as s:
+        assert upsert(s, OUTBOX, changed, key=("idempotency_key",), update=("context",)) == 1000
+    assert {m.context["variant"] for m in stored(pg_url).values()} == {"changed"}
+    assert len(stored(pg_url)) == COPY_MIN_ROWS
+
+
 @pytest.mark.parametrize(
     "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )
