@@ -167,29 +167,39 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection): text
+# cells starting so get a leading apostrophe, which spreadsheets show as plain text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(value: Any) -> Any:
+    """`value` safe to open in a spreadsheet: numbers as they are, text never a formula."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def print_results_csv(rows: Sequence[dict[str, Any]], out: Any) -> None:
     indicators = sorted({k for r in rows for k in r["indicators"]})
     categories = sorted({k for r in rows for k in r["categories"]})
     writer = csv.writer(out)
-    writer.writerow(
-        [
-            "employee_id",
-            *[f"indicator:{i}" for i in indicators],
-            *[f"category:{c}" for c in categories],
-            "total",
-            "grade",
-        ]
-    )
+    header = [
+        "employee_id",
+        *[f"indicator:{i}" for i in indicators],
+        *[f"category:{c}" for c in categories],
+        "total",
+        "grade",
+    ]
+    writer.writerow([spreadsheet_cell(cell) for cell in header])
     for r in rows:
-        writer.writerow(
-            [
-                r["employee_id"],
-                *["" if r["indicators"].get(i) is None else r["indicators"][i] for i in indicators],
-                *[r["categories"].get(c, "") for c in categories],
-                r["total"],
-                r["grade"],
-            ]
-        )
+        cells = [
+            r["employee_id"],
+            *["" if r["indicators"].get(i) is None else r["indicators"][i] for i in indicators],
+            *[r["categories"].get(c, "") for c in categories],
+            r["total"],
+            r["grade"],
+        ]
+        writer.writerow([spreadsheet_cell(cell) for cell in cells])
 
 
 def cmd_audit_verify(_args: argparse.Namespace) -> int:

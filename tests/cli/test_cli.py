@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
-from perfcycle.cli.main import main
+from perfcycle.cli.main import main, print_results_csv
 from perfcycle.core import db
 from perfcycle.core.db import get_engine, session_scope
 from perfcycle.core.settings import REPO_ROOT, get_settings
@@ -390,3 +390,22 @@ def test_cycle_launch_with_an_invalid_period_exits_2_before_reaching_prefect(
     assert (code, out) == (2, "")
     assert "period: '2026-Q5' is not a period" in err
     assert count_cycles(demo.url) == 0
+
+
+def test_results_csv_cells_never_run_as_spreadsheet_formulas() -> None:
+    """Text from the org chart or a policy that a spreadsheet would run as a formula is written
+    as text; numbers, negative ones included, stay numbers."""
+    rows = [
+        {
+            "employee_id": "=HYPERLINK(\"http://evil.example\",\"x\")",
+            "indicators": {"+sat": -2.5},
+            "categories": {"@result": 80.0},
+            "total": 80.0,
+            "grade": "-A",
+        }
+    ]
+    out = io.StringIO()
+    print_results_csv(rows, out)
+    header, row = list(csv.reader(io.StringIO(out.getvalue())))
+    assert header == ["employee_id", "indicator:+sat", "category:@result", "total", "grade"]
+    assert row == ["'=HYPERLINK(\"http://evil.example\",\"x\")", "-2.5", "80.0", "80.0", "'-A"]
