@@ -9,6 +9,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_SECRET_KEY = "dev-only-change-me"
+MIN_SECRET_KEY_LENGTH = 32
 
 
 class Settings(BaseSettings):
@@ -19,7 +21,9 @@ class Settings(BaseSettings):
     policies_dir: Path = REPO_ROOT / "policies"
 
     portal_base_url: str = "http://127.0.0.1:8700"
-    secret_key: str = "dev-only-change-me"
+    # Signs session cookies and CSRF tokens. The default is public: the portal serves other
+    # hosts only with a key of its own (weak_secret_key), and `perfcycle up` makes one per home.
+    secret_key: str = DEFAULT_SECRET_KEY
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 8025
@@ -57,3 +61,14 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def weak_secret_key(key: str) -> str | None:
+    """Why `key` must not sign sessions on a reachable portal, or None when it may."""
+    if key == DEFAULT_SECRET_KEY:
+        return "is the public default"
+    if key.upper().startswith("CHANGE-ME"):
+        return "is the deploy templates' placeholder"
+    if len(key) < MIN_SECRET_KEY_LENGTH:
+        return f"is shorter than {MIN_SECRET_KEY_LENGTH} characters"
+    return None

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -174,6 +175,7 @@ class Stack:
         return {
             "PERFCYCLE_HOME": str(self.home),
             "PERFCYCLE_DATABASE_URL": self.database_url,
+            "PERFCYCLE_SECRET_KEY": home_secret_key(self.home),
             "PERFCYCLE_SMTP_HOST": HOST,
             "PERFCYCLE_SMTP_PORT": str(self.ports.mail),
             "PERFCYCLE_PORTAL_BASE_URL": urls["portal"],
@@ -514,3 +516,24 @@ def _print(message: str) -> None:
 
 def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
+
+
+def home_secret_key(home: Path) -> str:
+    """The session key of a local stack: the environment's when it is strong, else a random one
+    made once per home and kept in <home>/secret_key (readable by its owner only), so sessions
+    survive a restart and no stack signs with the public default."""
+    from perfcycle.core.settings import Settings, weak_secret_key
+
+    configured = Settings().secret_key
+    if weak_secret_key(configured) is None:
+        return configured
+    path = home / "secret_key"
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process of the same home made it first
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()

@@ -11,12 +11,33 @@ from __future__ import annotations
 
 import argparse
 import socket
+import sys
 from typing import Any
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
+from perfcycle.core.settings import MIN_SECRET_KEY_LENGTH, get_settings, weak_secret_key
+
 APP = "perfcycle.web.app:app"
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+class UnsafeSecretKey(Exception):
+    """The portal would serve other hosts with a session key anyone can know."""
+
+
+def check_secret_key(host: str) -> None:
+    """Anyone holding the signing key signs a cookie in as anyone: a portal that other hosts
+    can reach refuses to start with a public, placeholder or short key."""
+    reason = weak_secret_key(get_settings().secret_key)
+    if reason and host not in LOOPBACK:
+        raise UnsafeSecretKey(
+            f"refusing to serve the portal on {host}: PERFCYCLE_SECRET_KEY {reason}. Set it to "
+            f"a random string of at least {MIN_SECRET_KEY_LENGTH} characters (e.g. the output "
+            "of `python3 -c 'import secrets; print(secrets.token_urlsafe(48))'`), or serve on "
+            "127.0.0.1 only."
+        )
 
 
 class PortalConfig(uvicorn.Config):
@@ -39,6 +60,7 @@ def serve(
     access_log: bool = True,
     app: str = APP,
 ) -> None:
+    check_secret_key(host)
     config = PortalConfig(
         app,
         host=host,
@@ -56,6 +78,11 @@ def serve(
 
 
 def _run(args: argparse.Namespace) -> int:
+    try:
+        check_secret_key(args.host)
+    except UnsafeSecretKey as exc:
+        print(f"perfcycle portal: {exc}", file=sys.stderr)
+        return 2
     serve(
         host=args.host,
         port=args.port,

@@ -10,9 +10,14 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from perfcycle.devtools.devstack import pick_free_ports
-from perfcycle.web.serve import APP, PortalConfig
+import pytest
+
+from perfcycle.cli.main import main
+from perfcycle.core.settings import get_settings, weak_secret_key
+from perfcycle.devtools.devstack import Stack, pick_free_ports
+from perfcycle.web.serve import APP, PortalConfig, check_secret_key
 
 STARTUP_S = 30.0
 
@@ -104,3 +109,37 @@ def test_perfcycle_portal_refuses_zero_workers() -> None:
 
     assert out.returncode == 2
     assert "--workers: must be at least 1, got 0" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "key", ["dev-only-change-me", "CHANGE-ME-to-a-long-random-string", "short-but-not-default"]
+)
+def test_the_portal_refuses_other_hosts_with_a_public_or_short_key(
+    key: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PERFCYCLE_SECRET_KEY", key)
+    get_settings.cache_clear()
+    try:
+        assert main(["portal", "--host", "0.0.0.0", "--port", "1"]) == 2
+        assert "refusing to serve the portal on 0.0.0.0: PERFCYCLE_SECRET_KEY" in (
+            capsys.readouterr().err
+        )
+        check_secret_key("127.0.0.1")  # loopback only: the developer's own machine
+        monkeypatch.setenv("PERFCYCLE_SECRET_KEY", "k" * 40)
+        get_settings.cache_clear()
+        check_secret_key("0.0.0.0")
+    finally:
+        get_settings.cache_clear()
+
+
+def test_each_local_stack_home_keeps_a_random_key_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PERFCYCLE_SECRET_KEY", raising=False)
+    first = Stack(home=tmp_path / "a").env["PERFCYCLE_SECRET_KEY"]
+    assert weak_secret_key(first) is None
+    assert Stack(home=tmp_path / "a").env["PERFCYCLE_SECRET_KEY"] == first  # kept across starts
+    assert Stack(home=tmp_path / "b").env["PERFCYCLE_SECRET_KEY"] != first
+    assert (tmp_path / "a" / "secret_key").stat().st_mode & 0o077 == 0
+    monkeypatch.setenv("PERFCYCLE_SECRET_KEY", "s" * 48)  # a configured strong key is used
+    assert Stack(home=tmp_path / "c").env["PERFCYCLE_SECRET_KEY"] == "s" * 48
