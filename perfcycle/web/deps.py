@@ -406,8 +406,10 @@ def locale_of(request: Request) -> str:
 
 
 def _lang_url(request: Request, locale: str) -> str:
+    # Query only: the browser keeps the page's own path. Echoing the path would let a 404 for
+    # /%2F%2Fevil.example/ link to "//evil.example/", which browsers read as another host.
     params = [(k, v) for k, v in request.query_params.multi_items() if k != "lang"]
-    return f"{request.url.path}?{urlencode([*params, ('lang', locale)])}"
+    return f"?{urlencode([*params, ('lang', locale)])}"
 
 
 def render(

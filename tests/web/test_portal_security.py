@@ -5,6 +5,7 @@ Each refusal compares a snapshot of every table before and after.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -260,6 +261,18 @@ def test_an_employee_cannot_open_hr_or_auditor_views(db_url: str, org: int, path
 @pytest.mark.usefixtures("org")
 def test_nobody_signed_in_gets_401(db_url: str, path: str) -> None:
     assert refused(db_url, portal(db_url), "GET", path).startswith("401 ")
+
+
+@pytest.mark.parametrize(
+    "path", ["/%2F%2Fevil.example/", "//evil.example/x", "/%5C%5Cevil.example"]
+)
+@pytest.mark.usefixtures("org")
+def test_the_language_switch_never_links_off_site(db_url: str, path: str) -> None:
+    page = portal(db_url).get(path)
+    assert page.status_code == 404
+    links = re.findall(r'href="([^"]*lang=[^"]*)"', page.text)
+    assert links and all(link.startswith("?") for link in links), links
+    assert "evil.example" not in "".join(links)
 
 
 # ---------------------------------------------------------------- PostgreSQL
