@@ -19,6 +19,7 @@ from perfcycle.connectors.csv import CsvRow, read_csv, required_problems
 from perfcycle.core.errors import InvalidInput, Problem
 from perfcycle.domain import audit
 from perfcycle.domain.models import Department, DepartmentType, Employee
+from perfcycle.notifications.addresses import valid_address
 
 COLUMNS = (
     "employee_id",
@@ -80,7 +81,7 @@ def _field_problems(row: CsvRow, file: str) -> list[Problem]:
         for c, n in MAX_LENGTH.items()
         if len(v[c]) > n
     ]
-    if v["email"] and not EMAIL.match(v["email"]):
+    if v["email"] and not (EMAIL.match(v["email"]) and valid_address(v["email"])):
         problems.append(Problem(f"not an email address: {v['email']!r}", file, row.line, "email"))
     if v["department_type"] and v["department_type"] not in DEPARTMENT_TYPES:
         problems.append(

@@ -11,6 +11,7 @@ from perfcycle.core.db import get_engine, session_scope
 from perfcycle.core.errors import InvalidInput
 from perfcycle.domain.models import AuditEvent, Department, Employee
 from perfcycle.domain.org import OrgImportReport, import_org_csv
+from perfcycle.notifications.addresses import valid_address
 
 HEADER = "employee_id,name,email,department_id,department_name,department_type,manager_id,locale"
 
@@ -230,3 +231,20 @@ def test_ten_thousand_rows_import_in_bulk(db_url: str, tmp_path: Path):
 
     assert (report.created, again.unchanged) == (10_000, 10_000)
     assert first < 100 and second < 100, (first, second)
+
+
+@pytest.mark.parametrize(
+    "address", ["a,b@example.com", "a;b@example.com", "a(b)@example.com", "<a@example.com>"]
+)
+def test_an_address_the_relay_would_refuse_is_refused_at_import(
+    db_url: str, tmp_path: Path, address: str
+) -> None:
+    """One rule for addresses: what the import lets in, the relay sends to."""
+    assert not valid_address(address)
+    quoted = '"' + address.replace('"', '""') + '"'
+    lines = [*GOOD, f"E6,钱七,{quoted},D1,客户服务中心,external_service,E1,"]
+    path = write_csv(tmp_path, lines)
+    assert problems_of(db_url, path) == [
+        f"{path}:7: email: not an email address: {address!r}"
+    ]
+    assert employees(db_url) == {}

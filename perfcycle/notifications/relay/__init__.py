@@ -59,7 +59,6 @@ from perfcycle.notifications.relay.smtp import (
     prepare,
     prepare_many,
     send_batch,
-    valid_address,
 )
 
 __all__ = [
@@ -97,5 +96,4 @@ __all__ = [
     "send_batch",
     "start_renderer",
     "unclaim",
-    "valid_address",
 ]

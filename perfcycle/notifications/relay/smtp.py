@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
-import re
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool as BrokenExecutor
@@ -21,6 +20,7 @@ from aiosmtplib.email import flatten_message
 
 from perfcycle.core.errors import InvalidInput
 from perfcycle.core.settings import Settings
+from perfcycle.notifications.addresses import valid_address
 from perfcycle.notifications.relay.claims import Claimed, OutboxRow
 from perfcycle.notifications.relay.outcomes import Outcome, Status
 from perfcycle.notifications.render import build_message, render
@@ -28,10 +28,6 @@ from perfcycle.notifications.render import build_message, render
 RENDER_CHUNK = 20
 # RFC 4954: the server wants a login (or TLS first) whatever the message; our configuration.
 AUTHENTICATION_REQUIRED = 530
-# Deliberately plain: anything that would make an SMTP envelope or a header ambiguous is out.
-_ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"\\]+@[^@\s<>()\[\],;:\"\\]+$")
-
-
 @dataclass(frozen=True)
 class _Ready:
     """A rendered message as it goes on the wire (picklable: made in a render process)."""
@@ -39,10 +35,6 @@ class _Ready:
     row: Claimed
     data: bytes
     utf8: bool
-
-
-def valid_address(address: str) -> bool:
-    return bool(_ADDRESS.match(address or ""))
 
 
 def prepare(row: OutboxRow, mail_from: str) -> _Ready | Outcome:
