@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -168,6 +169,12 @@ class Stack:
             "mail_dir": str(self.mail_dir),
         }
 
+    @functools.cached_property
+    def secret_key(self) -> str:
+        # Read (or made) on first use, not in __init__: a stack that fails its checks writes
+        # nothing into its home.
+        return home_secret_key(self.home)
+
     @property
     def env(self) -> dict[str, str]:
         """What the children get on top of os.environ; give the same to clients of the stack."""
@@ -175,7 +182,7 @@ class Stack:
         return {
             "PERFCYCLE_HOME": str(self.home),
             "PERFCYCLE_DATABASE_URL": self.database_url,
-            "PERFCYCLE_SECRET_KEY": home_secret_key(self.home),
+            "PERFCYCLE_SECRET_KEY": self.secret_key,
             "PERFCYCLE_SMTP_HOST": HOST,
             "PERFCYCLE_SMTP_PORT": str(self.ports.mail),
             "PERFCYCLE_PORTAL_BASE_URL": urls["portal"],

@@ -79,20 +79,19 @@ def serve(
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        check_secret_key(args.host)
+        serve(
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            proxy_headers=args.proxy_headers,
+            forwarded_allow_ips=args.forwarded_allow_ips,
+            log_level=args.log_level,
+            access_log=not args.no_access_log,
+            app=args.app,
+        )
     except UnsafeSecretKey as exc:
         print(f"perfcycle portal: {exc}", file=sys.stderr)
         return 2
-    serve(
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        proxy_headers=args.proxy_headers,
-        forwarded_allow_ips=args.forwarded_allow_ips,
-        log_level=args.log_level,
-        access_log=not args.no_access_log,
-        app=args.app,
-    )
     return 0
 
 
